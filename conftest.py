@@ -1,0 +1,134 @@
+"""Suite-wide pytest configuration: options, seeds, devices, markers and the report plugin."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+from theorems.claims import CLAIMS
+from theorems.profiles import Profile
+from theorems.reporting import ReportPlugin, Verdict
+from theorems.seeding import derive_seed, generator
+
+# Deterministic Hypothesis (after scipy's conftest): no deadlines on numeric code, no example
+# database, derandomised so every run explores the same examples.
+settings.register_profile("theorems", deadline=None, derandomize=True, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("theorems")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("theorems", "Jacobian theorem verification suite")
+    group.addoption("--profile", choices=("quick", "full"), default="quick",
+                    help="quick (default): sized for a 2-core CPU; full: the papers' sizes (GPU)")
+    group.addoption("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where networks are sampled: auto picks cuda when available")
+    group.addoption("--seed", type=int, default=20261123,
+                    help="master seed; each test's seed is derived from it and the test's node id")
+    group.addoption("--report-dir", default="reports", help="where reports/<run>/ is written")
+    group.addoption("--figures", action="store_true", help="also write the papers' figures (PNG) to the report")
+    group.addoption("--compare-baseline", default=None, metavar="FILE",
+                    help="fail if a statistic moved beyond sampling error since this baseline")
+    group.addoption("--write-baseline", default=None, metavar="FILE", help="write this run's statistics as a baseline")
+    group.addoption("--claims-coverage", action="store_true",
+                    help="after collection, list checks per claim id and fail if a registered claim has none")
+
+
+def _device(config) -> str:
+    choice = config.getoption("--device")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("--device cuda: no CUDA device is available")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "claim(id): the claim id (shared/claims.md) this check verifies")
+    config.addinivalue_line("markers", "printed: tests a statement exactly as printed (strict xfail when refuted)")
+    config.addinivalue_line("markers", "slow: long-running (full profile sizes)")
+    config._theorems_device = _device(config)
+    if config._theorems_device == "cuda":
+        # TF32 changes float32 GEMMs; nothing that feeds a verdict may use it.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    # Limit intra-op threads per xdist worker so -n N does not oversubscribe the cores.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    config.pluginmanager.register(ReportPlugin(config), "theorems-report")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for item in items:
+        for mark in item.iter_markers("claim"):
+            if not mark.args or mark.args[0] not in CLAIMS:
+                raise pytest.UsageError(f"{item.nodeid}: unknown claim id {mark.args!r}; known: {sorted(CLAIMS)}")
+    if config.getoption("--claims-coverage"):
+        covered = {cid: [] for cid in CLAIMS}
+        for item in items:
+            for mark in item.iter_markers("claim"):
+                covered[mark.args[0]].append(item.nodeid)
+        missing = [cid for cid, ids in covered.items() if not ids]
+        lines = [f"{cid}: {len(ids)} check(s)" for cid, ids in covered.items()]
+        sys.stdout.write("\nclaims coverage\n" + "\n".join(lines) + "\n")
+        if missing:
+            sys.stdout.write(f"claims without a check: {missing}\n")
+            session.config._theorems_missing = missing
+
+
+def pytest_collection_finish(session):
+    if getattr(session.config, "_theorems_missing", None):
+        raise pytest.UsageError(f"claims without a check: {session.config._theorems_missing}")
+
+
+@pytest.fixture(autouse=True)
+def _tag_claims(request):
+    item = request.node
+    item.user_properties.append(("claims", [m.args[0] for m in item.iter_markers("claim")]))
+    item.user_properties.append(("printed", item.get_closest_marker("printed") is not None))
+    item.user_properties.append(("seed", derive_seed(request.config.getoption("--seed"), item.nodeid)))
+
+
+@pytest.fixture(scope="session")
+def profile(request) -> Profile:
+    return Profile(request.config.getoption("--profile"))
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    return request.config._theorems_device
+
+
+@pytest.fixture(scope="session")
+def dtype(device) -> torch.dtype:
+    """float64 everywhere a verdict is computed (TF32 is off on CUDA)."""
+    return torch.float64
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """This test's seed: derived from --seed and the node id only."""
+    return derive_seed(request.config.getoption("--seed"), request.node.nodeid)
+
+
+@pytest.fixture
+def rng(seed, device) -> torch.Generator:
+    """A torch.Generator on the test device seeded with this test's seed."""
+    return generator(seed, device)
+
+
+@pytest.fixture
+def verdict(request, seed) -> Verdict:
+    return Verdict(request.node, seed)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Benchmarks run only when asked for (``pytest checks/bench --benchmark-only -p no:xdist``)."""
+    if "bench" in collection_path.parts and not config.getoption("benchmark_only", False):
+        return True
+    return None

@@ -1,0 +1,196 @@
+"""Batched samplers for the network ensembles of ``shared/claims.md`` ("Models").
+
+An :class:`Ensemble` describes B independent networks of width n and depth L.  Its
+:meth:`Ensemble.factors` streams the Jacobian factors layer by layer,
+
+    J = F_L F_{L-1} ... F_1,   F_l = W_l diag(d_{l-1}),
+
+so peak memory is O(B n^2) whatever the depth.  Every random draw comes from the
+``torch.Generator`` passed in: nothing touches torch's global RNG.
+
+Models (claims.md):
+
+* ``gates="relu"``: the MLP of full eq. (1), ``Y_0 = x``, ``Y_k = W_k relu(Y_{k-1})``,
+  ``d_k = 1{Y_k > 0}``.  The pre-activations are renormalised as they go (ReLU is positively
+  homogeneous, so the gates do not change), hence depth 500 at any sigma2 is safe.
+* ``gates="bernoulli"``: the gated model of Approximation 1, ``d_k`` iid Bernoulli(p)
+  independent of the weights (p = 1/2 mimics ReLU).
+* ``gates="none"``: plain Gaussian products (p = 1).
+* ``input_gate=False`` drops ``D_0``, giving Haas' masked linear network ``W_L D_{L-1} ... D_1 W_1``.
+* ``pruning``: ``W_l -> t (B_l ⊙ W_l)`` with a random, magnitude or bounded non-binary mask.
+* ``eta``: correlated weights ``W^{ij} = W_ind^{ij} + eta w`` with one shared scalar
+  ``w ~ N(0, sigma2/n)`` per layer and network (full, App. F); corr = eta^2 / (1 + eta^2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Literal, NamedTuple
+
+import torch
+
+from .validation import (
+    check_depth,
+    check_int,
+    check_keep_prob,
+    check_real,
+    check_sigma2,
+    check_sparsity,
+    check_width,
+)
+
+__all__ = ["Pruning", "Ensemble", "Factor", "prune_mask", "sample_weights", "haar_frame"]
+
+GateKind = Literal["relu", "bernoulli", "none"]
+MaskKind = Literal["random", "magnitude", "uniform"]
+
+
+class Factor(NamedTuple):
+    """One Jacobian factor ``F = W diag(gate)`` for a batch: ``weight`` (B, n, n), ``gate`` (B, n) or None."""
+
+    weight: torch.Tensor
+    gate: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """Pruning at initialisation ``W -> scale * (mask ⊙ W)`` (claims.md, "Pruned network").
+
+    kind:
+      * ``"random"``: mask entries iid Bernoulli(1 - sparsity) (full, Thm 5);
+      * ``"magnitude"``: keep the r = round((1 - sparsity) n^2) largest |w| of each layer (Thm 6);
+      * ``"uniform"``: a bounded non-binary mask, entries iid Uniform(0, 1) independent of W
+        (an instance of the stability theorem's setting; ``sparsity`` must be 0).
+    scale: the multiplier t applied to the kept weights.
+    """
+
+    kind: MaskKind
+    sparsity: float
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ("random", "magnitude", "uniform"):
+            raise ValueError(f"pruning kind must be one of 'random', 'magnitude', 'uniform'; got {self.kind!r}")
+        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity))
+        object.__setattr__(self, "scale", check_real("scale", self.scale, low=0.0, low_open=True))
+        if self.kind == "uniform" and self.sparsity != 0.0:
+            raise ValueError("sparsity must be 0 for the 'uniform' (non-binary) mask; got %g" % self.sparsity)
+
+
+def prune_mask(weight: torch.Tensor, pruning: Pruning, generator: torch.Generator) -> torch.Tensor:
+    """The mask B for a batch of weight matrices (B, n, n), same dtype as the weights."""
+    if pruning.kind == "random":
+        keep = 1.0 - pruning.sparsity
+        u = torch.rand(weight.shape, generator=generator, device=weight.device, dtype=weight.dtype)
+        return (u < keep).to(weight.dtype)
+    if pruning.kind == "uniform":
+        return torch.rand(weight.shape, generator=generator, device=weight.device, dtype=weight.dtype)
+    # magnitude: keep the r largest |w| of each matrix
+    batch, n, m = weight.shape
+    total = n * m
+    r = int(round((1.0 - pruning.sparsity) * total))
+    if r >= total:
+        return torch.ones_like(weight)
+    if r <= 0:
+        return torch.zeros_like(weight)
+    flat = weight.abs().reshape(batch, total)
+    threshold = torch.kthvalue(flat, total - r, dim=1).values  # (B,) the (n^2 - r)-th smallest
+    return (flat > threshold[:, None]).reshape(weight.shape).to(weight.dtype)
+
+
+def sample_weights(
+    batch: int,
+    width: int,
+    sigma2: float,
+    generator: torch.Generator,
+    *,
+    eta: float = 0.0,
+    pruning: Pruning | None = None,
+    device=None,
+    dtype=torch.float64,
+) -> torch.Tensor:
+    """One layer of weights for B networks: iid N(0, sigma2/n), optionally correlated and pruned."""
+    std = math.sqrt(sigma2 / width)
+    w = torch.randn((batch, width, width), generator=generator, device=device, dtype=dtype) * std
+    if eta:
+        shared = torch.randn((batch, 1, 1), generator=generator, device=device, dtype=dtype) * std
+        w = w + eta * shared
+    if pruning is not None:
+        w = pruning.scale * prune_mask(w, pruning, generator) * w
+    return w
+
+
+def haar_frame(batch: int, width: int, k: int, generator: torch.Generator, *, device=None, dtype=torch.float64):
+    """B uniformly random (Haar) orthonormal n x k frames: the Q of a Gaussian matrix's QR."""
+    g = torch.randn((batch, width, k), generator=generator, device=device, dtype=dtype)
+    q, r = torch.linalg.qr(g)
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """B independent networks of width n and depth L (see the module docstring for the models)."""
+
+    width: int
+    depth: int
+    sigma2: float = 2.0
+    gates: GateKind = "bernoulli"
+    keep_prob: float = 0.5
+    batch: int = 1
+    eta: float = 0.0
+    pruning: Pruning | None = None
+    input_gate: bool = True
+    inputs: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "width", check_width(self.width))
+        object.__setattr__(self, "depth", check_depth(self.depth))
+        object.__setattr__(self, "sigma2", check_sigma2(self.sigma2))
+        object.__setattr__(self, "batch", check_int("batch", self.batch, minimum=1))
+        object.__setattr__(self, "eta", check_real("eta", self.eta, low=0.0))
+        if self.gates not in ("relu", "bernoulli", "none"):
+            raise ValueError(f"gates must be one of 'relu', 'bernoulli', 'none'; got {self.gates!r}")
+        if self.gates == "bernoulli":
+            object.__setattr__(self, "keep_prob", check_keep_prob(self.keep_prob))
+        if self.inputs is not None:
+            if self.gates != "relu":
+                raise ValueError("inputs only apply to gates='relu'")
+            if self.inputs.shape[-1] != self.width or not torch.isfinite(self.inputs).all():
+                raise ValueError(f"inputs must be finite with last dimension width={self.width}")
+
+    def with_(self, **changes) -> "Ensemble":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    @property
+    def effective_keep_prob(self) -> float:
+        """The gate keep probability p of the model (1/2 for ReLU, 1 without gates)."""
+        return {"relu": 0.5, "bernoulli": self.keep_prob, "none": 1.0}[self.gates]
+
+    def factors(self, generator: torch.Generator, *, device=None, dtype=torch.float64) -> Iterator[Factor]:
+        """Stream the L factors ``W_l diag(d_{l-1})``, input side first."""
+        n, b = self.width, self.batch
+        pre = None
+        if self.gates == "relu":
+            if self.inputs is None:
+                pre = torch.randn((b, n), generator=generator, device=device, dtype=dtype)
+            else:
+                pre = self.inputs.to(device=device, dtype=dtype).expand(b, n).clone()
+        for layer in range(1, self.depth + 1):
+            w = sample_weights(b, n, self.sigma2, generator, eta=self.eta, pruning=self.pruning,
+                               device=device, dtype=dtype)
+            if layer == 1 and not self.input_gate:
+                gate = None
+            elif self.gates == "relu":
+                gate = (pre > 0).to(dtype)
+            elif self.gates == "bernoulli":
+                u = torch.rand((b, n), generator=generator, device=device, dtype=dtype)
+                gate = (u < self.keep_prob).to(dtype)
+            else:
+                gate = None
+            if self.gates == "relu":
+                pre = torch.einsum("bij,bj->bi", w, torch.relu(pre))
+                norm = torch.linalg.vector_norm(pre, dim=-1, keepdim=True)
+                pre = pre / torch.where(norm > 0, norm, torch.ones_like(norm))
+            yield Factor(w, gate)

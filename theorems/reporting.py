@@ -1,0 +1,307 @@
+"""The reporting plugin: per-check records -> ``reports/<run>/verdicts.json`` and ``summary.md``.
+
+How it works (after Hypothesis' own conftest): each check records its comparisons through the
+``verdict`` fixture into ``item.user_properties``; pytest ships those with every test report,
+including from xdist workers to the controller, so only the controller (or a run without
+xdist) gathers them in ``pytest_runtest_logreport`` and writes the files in
+``pytest_sessionfinish``.  Nothing depends on which worker ran what.
+
+Schema ``verdicts.json`` (``SCHEMA_VERSION``) is documented in the README.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from scipy import stats as _stats
+
+from . import __version__
+from .claims import CLAIMS, PINNED_VERSIONS
+from .stats import FALSE_FAIL_RATE, Comparison, assert_consistent, assert_rejects
+
+__all__ = ["SCHEMA_VERSION", "Verdict", "ReportPlugin", "compare_with_baseline"]
+
+SCHEMA_VERSION = "1.0"
+VERDICTS = ("confirmed", "refuted_as_printed", "inconclusive")
+
+
+class Verdict:
+    """Per-check recorder handed to checks as the ``verdict`` fixture.
+
+    ``check`` asserts a comparison is consistent, ``reject`` asserts a negative control is
+    rejected, ``record`` stores a measured quantity without asserting; all three write the
+    comparison into the test report.
+    """
+
+    def __init__(self, item, seed: int, sizes: dict | None = None):
+        self._item = item
+        self.seed = seed
+        self.sizes = dict(sizes or {})
+
+    def _store(self, cmp: Comparison, role: str):
+        if cmp.seed is None:
+            cmp.seed = self.seed
+        if not cmp.sizes:
+            cmp.sizes = dict(self.sizes)
+        self._item.user_properties.append(("theorems", cmp.to_record(role)))
+
+    def check(self, cmp: Comparison) -> Comparison:
+        __tracebackhide__ = True
+        self._store(cmp, "check")
+        return assert_consistent(cmp)
+
+    def reject(self, cmp: Comparison) -> Comparison:
+        __tracebackhide__ = True
+        self._store(cmp, "negative-control")
+        return assert_rejects(cmp)
+
+    def record(self, cmp: Comparison) -> Comparison:
+        self._store(cmp, "measurement")
+        return cmp
+
+    def note(self, **values):
+        """Attach extra named figures (numbers, short strings) to the report."""
+        self._item.user_properties.append(("theorems_note", values))
+
+
+def _outcome(report) -> str:
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else ("xpassed" if report.passed else "failed")
+    return report.outcome
+
+
+def _jsonable(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return repr(x)
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _float(x):
+    return float(x) if not isinstance(x, str) else float(x.replace("inf", "inf"))
+
+
+def claim_verdict(tests: list[dict]) -> str:
+    """confirmed: every check passed; refuted_as_printed: a printed statement is a strict xfail that
+    failed as expected (its corrected reading passed); inconclusive: anything failed, errored or was skipped,
+    or no check ran."""
+    if not tests or any(t["outcome"] in ("failed", "error", "skipped", "xpassed") for t in tests):
+        return "inconclusive"
+    if any(t["outcome"] == "xfailed" and t["printed"] for t in tests):
+        return "refuted_as_printed"
+    return "confirmed"
+
+
+def compare_with_baseline(current: list[dict], baseline: dict) -> list[str]:
+    """Statistics that moved beyond sampling error since the baseline.
+
+    Two independent runs estimate the same quantity, so ``|a - b| <= z sqrt(se_a^2 + se_b^2)``
+    with z at ``FALSE_FAIL_RATE / (number of compared statistics)`` (a Bonferroni budget for the
+    whole comparison); a deterministic statistic (se = 0 on both sides) must match to 1e-9 relative.
+    """
+    entries = baseline.get("statistics", {})
+    keys = [(t["nodeid"], r["statistic"], r["role"]) for t in current for r in t["records"]]
+    keys = [k for k in keys if "|".join(k) in entries]
+    z = _stats.norm.isf(FALSE_FAIL_RATE / max(len(keys), 1) / 2)
+    problems = []
+    for t in current:
+        for r in t["records"]:
+            key = "|".join((t["nodeid"], r["statistic"], r["role"]))
+            if key not in entries:
+                continue
+            b = entries[key]
+            a_est, b_est = _float(r["estimate"]), _float(b["estimate"])
+            a_se, b_se = _float(r["stderr"]), _float(b["stderr"])
+            if not (math.isfinite(a_est) and math.isfinite(b_est)):
+                if a_est != b_est:
+                    problems.append(f"{key}: {b_est} -> {a_est}")
+                continue
+            tol = z * math.hypot(a_se, b_se) if (a_se or b_se) else 1e-9 * max(abs(b_est), 1e-300)
+            if abs(a_est - b_est) > tol:
+                problems.append(f"{key}: baseline {b_est:.6g} (se {b_se:.3g}) -> now {a_est:.6g} (se {a_se:.3g}); "
+                                f"|diff| {abs(a_est - b_est):.3g} > {tol:.3g}")
+    return problems
+
+
+class ReportPlugin:
+    """Collects per-test records and writes the run's report on the controller."""
+
+    def __init__(self, config):
+        self.config = config
+        self.tests: dict[str, dict] = {}
+        self.started = time.time()
+        self.baseline_problems: list[str] = []
+
+    def pytest_runtest_logreport(self, report):
+        entry = self.tests.setdefault(report.nodeid, {"nodeid": report.nodeid, "claims": [], "printed": False,
+                                                      "records": [], "notes": {}, "outcome": "passed",
+                                                      "duration": 0.0, "seed": None, "message": ""})
+        entry["duration"] += report.duration
+        for key, value in report.user_properties:
+            if key == "claims":
+                entry["claims"] = list(value)
+            elif key == "printed":
+                entry["printed"] = bool(value)
+            elif key == "seed":
+                entry["seed"] = value
+            elif key == "theorems" and report.when == "call":
+                entry["records"].append(value)
+            elif key == "theorems_note" and report.when == "call":
+                entry["notes"].update(value)
+        outcome = _outcome(report)
+        if report.when == "call" or outcome != "passed":
+            if report.when != "call" and report.failed:
+                outcome = "error"
+            if report.when == "teardown" and outcome == "passed":
+                return
+            entry["outcome"] = outcome
+            if outcome in ("failed", "error", "xfailed"):
+                text = getattr(report, "wasxfail", "") or ""
+                crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+                entry["message"] = (text + " | " if text else "") + (crash.message if crash else str(report.longrepr)[-500:])
+            elif outcome == "skipped":
+                entry["message"] = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+
+    def _claim_table(self, tests):
+        by_claim = defaultdict(list)
+        for t in tests:
+            for c in t["claims"]:
+                by_claim[c].append(t)
+        return {cid: {"verdict": claim_verdict(by_claim.get(cid, [])), "source": c.source, "version": c.version,
+                      "printed": c.printed, "reading": c.reading,
+                      "checks": [t["nodeid"] for t in by_claim.get(cid, [])]}
+                for cid, c in CLAIMS.items()}
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if hasattr(self.config, "workerinput"):
+            return
+        tests = sorted(self.tests.values(), key=lambda t: t["nodeid"])
+        if not tests:
+            return
+        opt = self.config.getoption
+        base = opt("--compare-baseline")
+        if base:
+            self.baseline_problems = compare_with_baseline(tests, json.loads(Path(base).read_text()))
+            if self.baseline_problems:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        claims = self._claim_table(tests)
+        run = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        meta = {
+            "schema_version": SCHEMA_VERSION, "suite_version": __version__, "run": run,
+            "profile": opt("--profile"), "device": self.config._theorems_device, "master_seed": opt("--seed"),
+            "false_fail_rate": FALSE_FAIL_RATE, "duration_s": round(time.time() - self.started, 2),
+            "python": platform.python_version(), "torch": _torch_version(), "pinned_versions": PINNED_VERSIONS,
+            "workers": os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"),
+            "baseline": {"file": base, "problems": self.baseline_problems} if base else None,
+        }
+        doc = _jsonable({**meta, "claims": claims, "tests": tests})
+        root = Path(opt("--report-dir"))
+        out = root / run
+        n = 1
+        while out.exists():
+            out = root / f"{run}-{n}"
+            n += 1
+        out.mkdir(parents=True)
+        (out / "verdicts.json").write_text(json.dumps(doc, indent=1, sort_keys=False))
+        (out / "summary.md").write_text(render_summary(doc))
+        latest = root / "latest"
+        try:
+            if latest.is_symlink() or latest.exists():
+                latest.unlink()
+            latest.symlink_to(out.name)
+        except OSError:  # pragma: no cover - filesystems without symlinks
+            (root / "LATEST").write_text(out.name)
+        wb = opt("--write-baseline")
+        if wb:
+            Path(wb).write_text(json.dumps(make_baseline(doc), indent=1))
+        self.report_dir = out
+        if opt("--figures"):
+            from .figures import write_figures
+
+            write_figures(out / "figures", profile=opt("--profile"), seed=opt("--seed"),
+                          device=self.config._theorems_device)
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if hasattr(self.config, "workerinput") or not getattr(self, "report_dir", None):
+            return
+        tr = terminalreporter
+        tr.section("theorems: verdicts")
+        doc = json.loads((self.report_dir / "verdicts.json").read_text())
+        for cid, c in doc["claims"].items():
+            tr.write_line(f"{c['verdict']:>20}  {cid}  ({c['source']})")
+        for p in self.baseline_problems:
+            tr.write_line(f"BASELINE SHIFT: {p}", red=True)
+        tr.write_line(f"report: {self.report_dir}/summary.md")
+
+
+def _torch_version():
+    try:
+        import torch
+
+        return torch.__version__
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def make_baseline(doc: dict) -> dict:
+    stats = {}
+    for t in doc["tests"]:
+        for r in t["records"]:
+            stats["|".join((t["nodeid"], r["statistic"], r["role"]))] = {
+                "estimate": r["estimate"], "stderr": r["stderr"], "prediction": r["prediction"]}
+    return {"schema_version": SCHEMA_VERSION, "profile": doc["profile"], "master_seed": doc["master_seed"],
+            "torch": doc["torch"], "statistics": stats}
+
+
+def _fmt(x):
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def render_summary(doc: dict) -> str:
+    lines = [
+        f"# Verdicts ({doc['run']})", "",
+        f"profile `{doc['profile']}` · device `{doc['device']}` · master seed {doc['master_seed']} · "
+        f"torch {doc['torch']} · {doc['duration_s']} s · per-assertion false-fail rate {doc['false_fail_rate']}", "",
+        "| claim | source | printed statement | reading tested | verdict | key figures |",
+        "|---|---|---|---|---|---|",
+    ]
+    tests_by_id = {t["nodeid"]: t for t in doc["tests"]}
+    for cid, c in doc["claims"].items():
+        figs = []
+        for nid in c["checks"]:
+            for r in tests_by_id[nid]["records"][:1]:
+                figs.append(f"{r['statistic']}: {_fmt(r['estimate'])} vs {_fmt(r['prediction'])}")
+        key = "<br>".join(figs[:3]) or "—"
+        lines.append(f"| `{cid}` | {c['source']} | {c['printed']} | {c['reading']} | **{c['verdict']}** | {key} |")
+    lines += ["", "## Checks", ""]
+    for t in doc["tests"]:
+        lines.append(f"### `{t['nodeid']}` — {t['outcome']} ({t['duration']:.2f} s, seed {t['seed']})")
+        if t["message"]:
+            lines.append(f"> {t['message'].splitlines()[0][:400]}")
+        for r in t["records"]:
+            sizes = ", ".join(f"{k}={v}" for k, v in (r.get("sizes") or {}).items())
+            lines.append(f"- *{r['role']}* {r['statistic']}: estimate {_fmt(r['estimate'])}, "
+                         f"CI [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}], prediction {_fmt(r['prediction'])}, "
+                         f"model error {_fmt(r['model_error'])}, n={r['n']} ({sizes})")
+        for k, v in t["notes"].items():
+            lines.append(f"- {k}: {_fmt(v) if isinstance(v, float) else v}")
+        lines.append("")
+    if doc.get("baseline"):
+        lines += ["## Baseline comparison", "", f"baseline: `{doc['baseline']['file']}`", ""]
+        lines += [f"- {p}" for p in doc["baseline"]["problems"]] or ["- no statistic moved beyond sampling error"]
+    return "\n".join(lines) + "\n"

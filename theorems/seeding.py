@@ -1,0 +1,26 @@
+"""Per-test seeds derived from one master seed and the test's node id (after JAX's test util).
+
+The seed depends only on (master seed, node id), never on test order, ``-n`` or which xdist
+worker runs the test, so the same master seed reproduces the same numbers everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+__all__ = ["derive_seed", "generator"]
+
+
+def derive_seed(master: int, name: str) -> int:
+    """A 63-bit seed from the master seed and a name (the pytest node id)."""
+    digest = hashlib.sha256(f"{int(master)}::{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(seed: int, device="cpu") -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g

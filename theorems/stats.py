@@ -1,0 +1,263 @@
+"""Statistics for the checks: calibrated comparisons, extrapolation, slopes, classical tests.
+
+Calibration (after tensorflow-probability's ``statistical_testing``): every comparison is a
+two-sided interval at confidence ``1 - FALSE_FAIL_RATE`` around the estimate, widened by a stated
+model error (finite-size bias), and it passes iff the prediction lies inside.  With
+``FALSE_FAIL_RATE = 1e-3`` per assertion and fewer than ~100 statistical assertions, a correct
+suite fails spuriously in well under 10% of runs; raising a tolerance is never the fix.
+
+Power (TFP's ``min_discrepancy``): :meth:`Comparison.min_discrepancy` is the smallest error the
+comparison can detect (interval half-width + model error).  A negative control asserts that a
+specified wrong prediction is *rejected*, which shows the check can fail.
+
+Everything uses scipy (``stats.t``, ``optimize.curve_fit``, ``stats.chi2_contingency``,
+``stats.binomtest``, ``stats.kstest``); nothing here re-implements a distribution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import optimize, stats
+
+__all__ = [
+    "FALSE_FAIL_RATE",
+    "Estimate",
+    "Comparison",
+    "mean_estimate",
+    "median_estimate",
+    "paired_slope",
+    "extrapolate",
+    "fit_slope",
+    "compare",
+    "assert_consistent",
+    "assert_rejects",
+    "binomial_pvalue",
+    "chi2_independence_pvalue",
+    "uniformity_pvalue",
+    "correlation_pvalue",
+]
+
+#: Per-assertion false-failure probability of every statistical comparison in the suite.
+FALSE_FAIL_RATE = 1e-3
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a standard error and the degrees of freedom of its t-interval."""
+
+    value: float
+    stderr: float
+    dof: float
+    n: int
+
+    def interval(self, level: float = 1 - FALSE_FAIL_RATE) -> tuple[float, float]:
+        if not math.isfinite(self.value):
+            return (self.value, self.value)
+        if self.stderr == 0:
+            return (self.value, self.value)
+        q = stats.t.ppf(0.5 + level / 2, self.dof) if math.isfinite(self.dof) else stats.norm.ppf(0.5 + level / 2)
+        return (self.value - q * self.stderr, self.value + q * self.stderr)
+
+
+def _as_array(sample) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(sample, torch.Tensor):
+            sample = sample.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    return np.asarray(sample, dtype=float).ravel()
+
+
+def mean_estimate(sample) -> Estimate:
+    """Sample mean with its t standard error.  Any -inf (a collapse) makes the mean -inf."""
+    x = _as_array(sample)
+    if x.size < 2:
+        raise ValueError(f"sample must have at least 2 values; got {x.size}")
+    if np.isnan(x).any():
+        raise ValueError("sample contains NaN")
+    if not np.isfinite(x).all():
+        return Estimate(float(np.mean(x)), math.inf, x.size - 1, x.size)
+    return Estimate(float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)), x.size - 1, x.size)
+
+
+def median_estimate(sample) -> Estimate:
+    """Sample median with a distribution-free (binomial order-statistic) interval.
+
+    The stderr is set so that the t/normal interval at FALSE_FAIL_RATE matches the
+    order-statistic interval; -inf values (collapses) are ordinary low values here.
+    """
+    x = np.sort(_as_array(sample))
+    n = x.size
+    if n < 8:
+        raise ValueError(f"sample must have at least 8 values for a median interval; got {n}")
+    lo_i, hi_i = stats.binom.interval(1 - FALSE_FAIL_RATE, n, 0.5)
+    lo, hi = x[max(int(lo_i) - 1, 0)], x[min(int(hi_i), n - 1)]
+    med = float(np.median(x))
+    z = stats.norm.ppf(1 - FALSE_FAIL_RATE / 2)
+    half = max(med - lo, hi - med) if np.isfinite([lo, hi]).all() else math.inf
+    return Estimate(med, half / z, math.inf, n)
+
+
+def paired_slope(values_at_l1, values_at_l2, l1: int, l2: int) -> Estimate:
+    """Per-layer slope ``E[(X(L2) - X(L1))] / (L2 - L1)`` from paired per-network values."""
+    a, b = _as_array(values_at_l1), _as_array(values_at_l2)
+    if a.shape != b.shape:
+        raise ValueError("paired samples must have equal sizes")
+    if l2 <= l1:
+        raise ValueError(f"l2 must exceed l1; got l1={l1}, l2={l2}")
+    with np.errstate(invalid="ignore"):
+        diff = (b - a) / (l2 - l1)
+    diff = np.where(np.isneginf(b), -np.inf, diff)
+    return mean_estimate(diff)
+
+
+def extrapolate(xs, values, stderrs, power: float = 1.0) -> tuple[Estimate, Estimate, float]:
+    """Weighted least-squares fit ``value = a + b * x^(-power)``; returns (a, b, p-value of fit).
+
+    Standard errors from ``curve_fit(absolute_sigma=True)``; the goodness-of-fit p-value (chi2 of
+    the residuals) tells whether the stated power describes the data.
+    """
+    x = _as_array(xs)
+    y = _as_array(values)
+    s = _as_array(stderrs)
+    if x.size < 3:
+        raise ValueError(f"extrapolation needs at least 3 points; got {x.size}")
+
+    def model(x, a, b):
+        return a + b * x ** (-power)
+
+    popt, pcov = optimize.curve_fit(model, x, y, sigma=s, absolute_sigma=True, p0=[y[-1], 0.0])
+    resid = (y - model(x, *popt)) / s
+    pfit = float(stats.chi2.sf(np.sum(resid**2), x.size - 2))
+    return (
+        Estimate(float(popt[0]), float(math.sqrt(pcov[0, 0])), math.inf, x.size),
+        Estimate(float(popt[1]), float(math.sqrt(pcov[1, 1])), math.inf, x.size),
+        pfit,
+    )
+
+
+def fit_slope(xs, values, stderrs=None) -> Estimate:
+    """Slope of ``values`` against ``xs`` (weighted if stderrs are given) with its standard error."""
+    x, y = _as_array(xs), _as_array(values)
+    if x.size < 3:
+        raise ValueError(f"a slope needs at least 3 points; got {x.size}")
+    if stderrs is None:
+        res = stats.linregress(x, y)
+        return Estimate(float(res.slope), float(res.stderr), x.size - 2, x.size)
+    popt, pcov = optimize.curve_fit(lambda x, a, b: a + b * x, x, y, sigma=_as_array(stderrs), absolute_sigma=True)
+    return Estimate(float(popt[1]), float(math.sqrt(pcov[1, 1])), math.inf, x.size)
+
+
+@dataclass
+class Comparison:
+    """An estimate compared with a prediction: the unit every check records and asserts."""
+
+    claim: str
+    statistic: str
+    prediction: float
+    estimate: float
+    stderr: float
+    dof: float
+    n: int
+    model_error: float = 0.0
+    level: float = 1 - FALSE_FAIL_RATE
+    sizes: dict = field(default_factory=dict)
+    seed: int | None = None
+    note: str = ""
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return Estimate(self.estimate, self.stderr, self.dof, self.n).interval(self.level)
+
+    @property
+    def half_width(self) -> float:
+        lo, hi = self.interval
+        return (hi - lo) / 2 if math.isfinite(hi - lo) else math.inf
+
+    @property
+    def min_discrepancy(self) -> float:
+        """Smallest |prediction - truth| this comparison detects (interval half-width + model error)."""
+        return self.half_width + self.model_error
+
+    @property
+    def consistent(self) -> bool:
+        """True iff the prediction lies in the interval widened by the model error."""
+        if math.isnan(self.estimate) or math.isnan(self.prediction):
+            return False
+        if not math.isfinite(self.estimate):
+            return self.estimate == self.prediction
+        lo, hi = self.interval
+        return lo - self.model_error <= self.prediction <= hi + self.model_error
+
+    def message(self, expectation: str = "consistent") -> str:
+        lo, hi = self.interval
+        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+        return (
+            f"[{self.claim}] {self.statistic}: expected {expectation} with prediction {self.prediction:.6g}; "
+            f"observed {self.estimate:.6g}, {100 * self.level:.2f}% CI [{lo:.6g}, {hi:.6g}], "
+            f"model error ±{self.model_error:.3g} (detects |error| > {self.min_discrepancy:.3g}); "
+            f"n={self.n}; sizes: {sizes}; seed={self.seed}" + (f"; {self.note}" if self.note else "")
+        )
+
+    def to_record(self, role: str) -> dict:
+        d = asdict(self)
+        lo, hi = self.interval
+        d.update(role=role, ci_low=lo, ci_high=hi, consistent=self.consistent,
+                 min_discrepancy=self.min_discrepancy)
+        return {k: (v if not isinstance(v, float) or math.isfinite(v) else repr(v)) for k, v in d.items()}
+
+
+def compare(claim: str, statistic: str, estimate: Estimate, prediction: float, *, model_error: float = 0.0,
+            sizes: dict | None = None, seed: int | None = None, note: str = "") -> Comparison:
+    """Build a :class:`Comparison` from an :class:`Estimate`."""
+    if model_error < 0 or not math.isfinite(model_error):
+        raise ValueError(f"model_error must be finite and >= 0; got {model_error}")
+    return Comparison(claim, statistic, float(prediction), estimate.value, estimate.stderr, estimate.dof,
+                      estimate.n, float(model_error), sizes=dict(sizes or {}), seed=seed, note=note)
+
+
+def assert_consistent(cmp: Comparison) -> Comparison:
+    """Assert the prediction is inside the widened interval; the message has everything needed."""
+    __tracebackhide__ = True
+    if not cmp.consistent:
+        raise AssertionError(cmp.message("consistent"))
+    return cmp
+
+
+def assert_rejects(cmp: Comparison) -> Comparison:
+    """Negative control: assert a (wrong) prediction is rejected by the same procedure."""
+    __tracebackhide__ = True
+    if cmp.consistent:
+        raise AssertionError(cmp.message("REJECTED (negative control)"))
+    return cmp
+
+
+def binomial_pvalue(successes: int, trials: int, p: float) -> float:
+    """Two-sided exact binomial test p-value (``scipy.stats.binomtest``)."""
+    return float(stats.binomtest(int(successes), int(trials), p).pvalue)
+
+
+def chi2_independence_pvalue(a, b) -> float:
+    """Chi-square independence test of two binary samples (``scipy.stats.chi2_contingency``)."""
+    a, b = _as_array(a).astype(int), _as_array(b).astype(int)
+    table = np.array([[np.sum((a == i) & (b == j)) for j in (0, 1)] for i in (0, 1)])
+    if (table.sum(axis=0) == 0).any() or (table.sum(axis=1) == 0).any():
+        return 0.0 if table.sum() else 1.0
+    return float(stats.chi2_contingency(table, correction=False).pvalue)
+
+
+def uniformity_pvalue(pvalues) -> float:
+    """Kolmogorov-Smirnov p-value that a sample of p-values is Uniform(0, 1)."""
+    return float(stats.kstest(_as_array(pvalues), "uniform").pvalue)
+
+
+def correlation_pvalue(x, y) -> tuple[float, float]:
+    """Pearson correlation and its two-sided p-value (``scipy.stats.pearsonr``)."""
+    res = stats.pearsonr(_as_array(x), _as_array(y))
+    return float(res.statistic), float(res.pvalue)
