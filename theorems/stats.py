@@ -210,7 +210,23 @@ class Comparison:
         lo, hi = self.interval
         d.update(role=role, ci_low=lo, ci_high=hi, consistent=self.consistent,
                  min_discrepancy=self.min_discrepancy)
-        return {k: (v if not isinstance(v, float) or math.isfinite(v) else repr(v)) for k, v in d.items()}
+        return {k: _plain(v) for k, v in d.items()}
+
+
+def _plain(v):
+    """JSON-safe plain Python values (numpy scalars unwrapped, non-finite floats as strings)."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return v if math.isfinite(v) else repr(v)
+    return v
 
 
 def compare(claim: str, statistic: str, estimate: Estimate, prediction: float, *, model_error: float = 0.0,

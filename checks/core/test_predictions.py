@@ -1,0 +1,181 @@
+"""Closed forms against independent computations (issue 3).  Each tolerance is stated and derived
+from the independent computation it is compared with."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, optimize, special, stats
+
+from theorems import predictions as P
+from theorems.ensembles import Ensemble, Pruning, sample_weights
+from theorems.spectral import jacobian_product, lyapunov_qr
+from theorems.stats import compare, mean_estimate
+
+
+# --- closed form 1: the edge ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("L", [1, 2, 3, 5, 10, 50, 100])
+def test_edge_is_fuss_catalan_at_p1(L):
+    assert P.masked_product_edge(L, 1.0, 1.0) == pytest.approx(P.fuss_catalan_edge(L), rel=1e-12)
+    assert P.masked_product_edge(L, 1.0, 3.0) == pytest.approx(P.fuss_catalan_edge(L) * 3.0**L, rel=1e-12)
+
+
+def moment_series(L, p, terms):
+    """Moments m_1..m_K of J J^T from the functional equation psi = x (1 + psi) (p + psi)^L
+    (the inverse of chi(z) = z S(z) / (1 + z), S = (p + z)^-L, sigma2 = 1), solved as a power series."""
+    psi = np.zeros(terms + 1)
+    for _ in range(terms):
+        one_plus = psi.copy()
+        one_plus[0] += 1.0
+        p_plus = psi.copy()
+        p_plus[0] += p
+        prod = one_plus
+        for _ in range(L):
+            prod = np.convolve(prod, p_plus)[: terms + 1]
+        new = np.zeros(terms + 1)
+        new[1:] = prod[:terms]
+        psi = new
+    return psi[1:]
+
+
+@pytest.mark.parametrize("L,p", [(1, 0.5), (2, 0.5), (3, 0.25), (5, 0.5), (8, 0.75), (4, 1.0)])
+def test_edge_matches_moment_growth(L, p):
+    """lambda_max = lim m_{k+1}/m_k; the ratio behaves like lambda (1 - 3/(2k) + c/k^2 + ...) at a square-root
+    edge, so a polynomial fit in 1/k extrapolates it.  Tolerance: 10x the change between fits of degree 3 and 4."""
+    m = moment_series(L, p, 160)
+    k = np.arange(1, len(m))
+    ratio = m[1:] / m[:-1]
+    sel = k >= 60
+    x = 1.0 / k[sel]
+    lam3 = np.polyfit(x, ratio[sel], 3)[-1]
+    lam4 = np.polyfit(x, ratio[sel], 4)[-1]
+    tol = 10 * abs(lam4 - lam3) + 1e-10 * lam4
+    assert abs(P.masked_product_edge(L, p, 1.0) - lam4) <= tol
+    # first two moments, closed form 4
+    m1, m2 = P.gated_moments(L, p, 1.0)
+    assert m[0] == pytest.approx(m1, rel=1e-12) and m[1] == pytest.approx(m2, rel=1e-12)
+
+
+def test_edge_is_the_critical_value_of_chi():
+    """1/lambda_max = max_z chi(z), found by a bounded scalar optimisation."""
+    for L, p, s2 in [(2, 0.5, 2.0), (7, 0.3, 1.0), (30, 0.5, 2.0)]:
+        res = optimize.minimize_scalar(lambda z: -z / ((1 + z) * (s2 * (p + z)) ** L), bounds=(1e-9, 10),
+                                       method="bounded", options=dict(xatol=1e-12))
+        assert 1 / -res.fun == pytest.approx(P.masked_product_edge(L, p, s2), rel=1e-8)
+
+
+def test_first_moment_is_exact_at_finite_width(rng, verdict):
+    """E tr(J J^T)/n = (sigma2 p)^L holds at every finite n (each layer multiplies E|v|^2 by sigma2 p)."""
+    L, n, p, s2 = 4, 32, 0.5, 2.0
+    prod = jacobian_product(Ensemble(n, L, sigma2=s2, keep_prob=p, batch=400).factors(rng))
+    tr = torch.exp(2 * prod.log_scale) / n  # the stored matrix has unit Frobenius norm
+    verdict.check(compare("free-limit", "tr(JJ^T)/n", mean_estimate(tr), P.gated_moments(L, p, s2)[0],
+                          sizes=dict(n=n, L=L, B=400)))
+
+
+def test_printed_semicircular_limit_matches_only_without_gates():
+    """||s_1...s_L||^2 (variance 1/2 factors) equals the edge at p = 1 (sigma2 = 1/2) but not at p = 1/2."""
+    for L in (1, 3, 10):
+        assert P.free_semicircular_product_norm2(L, 0.5) == pytest.approx(P.masked_product_edge(L, 1.0, 0.5))
+        assert P.masked_product_edge(L, 0.5, 1.0) / P.free_semicircular_product_norm2(L, 0.5) > 1.4
+
+
+# --- closed form 2: Lyapunov exponents ----------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 64, 256])
+def test_lyapunov_is_newman_at_p1(n):
+    k = min(n, 8)
+    i = np.arange(1, k + 1)
+    newman = 0.5 * (np.log(2 * 1.7 / n) + special.digamma((n - i + 1) / 2))
+    np.testing.assert_allclose(P.lyapunov_exponents(n, 1.0, 1.7, k), newman, rtol=0, atol=1e-14)
+
+
+def test_sum_of_all_exponents_is_log_det_rate():
+    n = 12
+    assert P.lyapunov_exponents(n, 1.0, 2.0, n).sum() == pytest.approx(P.log_det_rate(n, 2.0), abs=1e-12)
+
+
+def test_lyapunov_large_width_limit():
+    g = P.lyapunov_exponents(4096, 0.5, 3.0, 1)[0]
+    assert g == pytest.approx(P.free_log_rate(3.0, 0.5), abs=2e-3)  # gamma_1 = ½log(σ²p) - O(1/n)
+
+
+def test_lyapunov_refuses_unresolvable_k():
+    with pytest.raises(ValueError, match="P\\(m < 4\\)"):
+        P.lyapunov_exponents(24, 0.25, 2.0, 4)
+    assert P.lyapunov_exponents(24, 0.25, 2.0, 4, max_dropout=1.0).shape == (4,)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25])
+def test_lyapunov_matches_monte_carlo_qr(p, rng, verdict):
+    """QR increments are unbiased for gamma_i at every depth, so the check has no model error."""
+    n, L, B, k = 128, 16, 48, 3
+    est = lyapunov_qr(Ensemble(n, L, sigma2=1.0, keep_prob=p, batch=B).factors(rng), k, rng).exponents
+    pred = P.lyapunov_exponents(n, p, 1.0, k)
+    for i in range(k):
+        verdict.check(compare("lyapunov", f"QR gamma_{i + 1} (p={p})", mean_estimate(est[:, i]), pred[i],
+                              sizes=dict(n=n, L=L, B=B)))
+
+
+def test_volume_gap_is_the_expected_log_overlap(seed):
+    """E[-½ log det(Q^T V V^T Q)] for Haar Q (Monte Carlo, 4000 draws, 5 standard errors)."""
+    rng = np.random.default_rng(seed)
+    n, k = 10, 3
+    vals = []
+    for _ in range(4000):
+        q, _ = np.linalg.qr(rng.standard_normal((n, k)))
+        vals.append(-0.5 * np.log(np.linalg.det(q[:k].T @ q[:k])))
+    vals = np.array(vals)
+    assert abs(vals.mean() - P.volume_gap(n, k)) < 5 * vals.std() / math.sqrt(len(vals))
+
+
+# --- closed form 3: pruning scales ----------------------------------------------------------------
+
+@pytest.mark.parametrize("n,s", [(4, 0.5), (8, 0.9), (16, 0.75), (32, 0.99)])
+def test_magnitude_scale_matches_beta_order_statistics(n, s):
+    """The one-integral form against the printed sum of r Beta expectations (quadrature, 1e-9 relative)."""
+    N = n * n
+    r = int(round((1 - s) * N))
+    total = sum(integrate.quad(lambda b: stats.chi2.ppf(1 - b, 1) * stats.beta.pdf(b, j, N - j + 1), 0, 1,
+                               limit=200, epsabs=1e-14)[0] for j in range(1, r + 1))
+    assert P.magnitude_pruning_scale(n, s) == pytest.approx((total / N) ** -0.5, rel=1e-9)
+
+
+@pytest.mark.parametrize("s", [0.1, 0.5, 0.9, 0.99])
+def test_magnitude_scale_converges_to_its_limit(s):
+    """|t_n - t_inf| shrinks as n grows (r rounded to an integer, so compare at exact densities)."""
+    gaps = []
+    for n in (16, 64, 256, 1024):
+        r = max(1, round((1 - s) * n * n))
+        s_exact = 1 - r / (n * n)
+        gaps.append(abs(P.magnitude_pruning_scale(n, s_exact) - P.magnitude_pruning_scale(n, s_exact, exact=False)))
+    assert all(b < a for a, b in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] < 1e-4 * P.magnitude_pruning_scale(1024, s)
+
+
+def test_magnitude_scale_covers_the_issue_range():
+    for n in (64, 256, 1024, 4096):
+        for s in (0.0, 0.3, 0.9, 0.99):
+            t = P.magnitude_pruning_scale(n, s)
+            assert 1.0 <= t <= P.random_pruning_scale(s) and math.isfinite(t)
+
+
+@pytest.mark.parametrize("s", [0.5, 0.9])
+def test_magnitude_scale_matches_retained_energy(s, rng, verdict):
+    """Empirical t^-2 = ||B ⊙ W||_F^2 / (sigma2 n) over sampled layers; its mean is t_n^-2 exactly."""
+    n = 64
+    w = sample_weights(400, n, 2.0, rng, pruning=Pruning("magnitude", s))
+    energy = (w**2).sum(dim=(-2, -1)) / (2.0 * n)
+    verdict.check(compare("magnitude-pruning-scaling", "retained energy t^-2", mean_estimate(energy),
+                          P.magnitude_pruning_scale(n, s) ** -2, sizes=dict(n=n, B=400)))
+    verdict.reject(compare("magnitude-pruning-scaling", "retained energy vs random scale^-2 (negative control)",
+                           mean_estimate(energy), P.random_pruning_scale(s) ** -2, sizes=dict(n=n, B=400)))
+
+
+def test_random_scale_and_correlation():
+    assert P.random_pruning_scale(0.75) == pytest.approx(2.0)
+    assert P.correlation_from_eta(1.0) == pytest.approx(0.5)
+    assert P.critical_sigma2(0.5) == 2.0
+    assert P.edge_of_stability_density(256) == pytest.approx(math.log(256) ** 5 / 256)

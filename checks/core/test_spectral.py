@@ -1,0 +1,181 @@
+"""Correctness of the spectral core against plain float64 linear algebra (issue 2, item 4)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from theorems.ensembles import Ensemble, Factor, Pruning, haar_frame
+from theorems.predictions import free_log_rate, lyapunov_exponents
+from theorems.seeding import generator
+from theorems.spectral import (
+    iterate_products,
+    jacobian_product,
+    krylov_log_spectral_norm,
+    log_norm_of_image,
+    log_singular_values,
+    log_spectral_norm,
+    lyapunov_qr,
+    products_at,
+    resolvable,
+    subspace_sin_theta,
+    suffix_products,
+)
+
+
+def plain_product(factors):
+    j = None
+    for w, gate in factors:
+        f = w * gate.unsqueeze(-2) if gate is not None else w
+        j = f if j is None else f @ j
+    return j
+
+
+@pytest.mark.parametrize("gates", ["bernoulli", "relu", "none"])
+def test_log_singular_values_match_svdvals_of_plain_product(gates, rng):
+    e = Ensemble(24, 6, sigma2=2.0, gates=gates, batch=5)
+    factors = list(e.factors(rng))
+    expected = torch.log(torch.linalg.svdvals(plain_product(factors)))
+    got = log_singular_values(jacobian_product(factors))
+    # A backward-stable SVD has absolute error ~ c n eps s_1, i.e. a log error ~ c n eps s_1/s_k:
+    # compare where s_k/s_1 > e^-10, with c <= 100: atol = 100 * 24 * 2.2e-16 * e^10 ~ 1.2e-8.
+    ok = expected > expected[:, :1] - 10
+    torch.testing.assert_close(got[ok], expected[ok], rtol=0, atol=1.2e-8)
+
+
+def test_products_at_give_every_prefix(rng):
+    factors = list(Ensemble(10, 7, batch=3).factors(rng))
+    at = products_at(factors, [1, 4, 7])
+    for d, prod in at.items():
+        torch.testing.assert_close(prod.dense(), plain_product(factors[:d]), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("sigma2", [0.25, 8.0])
+@pytest.mark.parametrize("gates", ["bernoulli", "relu"])
+def test_depth_500_stays_finite_and_on_rate(sigma2, gates, rng):
+    """No overflow/underflow at depth 500; the per-layer rate is near ½ log(σ² p) (n = 32)."""
+    e = Ensemble(32, 500, sigma2=sigma2, gates=gates, batch=4)
+    ln = log_spectral_norm(jacobian_product(e.factors(rng)))
+    assert torch.isfinite(ln).all()
+    rate = ln / 500
+    assert (rate - free_log_rate(sigma2)).abs().max() < 0.1
+
+
+def test_fully_pruned_layer_is_a_reported_collapse(rng):
+    e = Ensemble(16, 20, pruning=Pruning("magnitude", 0.5), batch=3)
+    factors = list(e.factors(rng))
+    w, g = factors[7]
+    factors[7] = Factor(torch.zeros_like(w), g)
+    prod = jacobian_product(factors)
+    assert prod.collapsed.all()
+    ln = log_spectral_norm(prod)
+    assert torch.isneginf(ln).all() and not torch.isnan(ln).any()
+    lyap = lyapunov_qr(factors, 3, rng)
+    assert lyap.collapsed.all() and not torch.isnan(lyap.log_r).any()
+    u = haar_frame(3, 16, 1, rng)[..., 0]
+    assert torch.isneginf(log_norm_of_image(factors, u)).all()
+
+
+def test_krylov_spectral_norm_matches_svd(rng):
+    """Stated accuracy of the block Krylov estimate: relative error < 1e-6 at these sizes."""
+    for n, L in [(64, 3), (256, 10)]:
+        prod = jacobian_product(Ensemble(n, L, batch=3).factors(rng))
+        exact = log_spectral_norm(prod)
+        approx = krylov_log_spectral_norm(prod, rng)
+        assert (approx <= exact + 1e-12).all(), "a Ritz value cannot exceed the norm"
+        assert (exact - approx).max() < 1e-6
+
+
+def test_subspace_sin_theta_small_angles_keep_precision():
+    u = torch.eye(6, dtype=torch.float64)[:, :2].unsqueeze(0)
+    eps = 1e-10
+    v = torch.eye(6, dtype=torch.float64)[:, :2].clone()
+    v[2, 0] = eps
+    v, _ = torch.linalg.qr(v)
+    assert subspace_sin_theta(u, v.unsqueeze(0)).item() == pytest.approx(eps, rel=1e-6)
+
+
+def test_suffix_products_are_output_end_products(rng):
+    factors = list(Ensemble(9, 6, batch=2).factors(rng))
+    suf = suffix_products(factors, [1, 3, 6])
+    torch.testing.assert_close(suf[3].dense(), plain_product(factors[3:]), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(suf[6].dense(), plain_product(factors), rtol=1e-12, atol=1e-14)
+
+
+# --- Hypothesis property tests: exact invariants of the core -------------------------------------
+
+shapes = st.tuples(st.integers(2, 12), st.integers(1, 6), st.integers(0, 2**31 - 1))
+
+
+def _factors(n, L, seed, gates="bernoulli"):
+    return list(Ensemble(n, L, sigma2=2.0, gates=gates, batch=2).factors(generator(seed)))
+
+
+@given(shapes, st.floats(-30, 30))
+def test_scale_invariance(shape, log_c):
+    """log||c J|| = log c + log||J||: scaling one factor shifts the log norm exactly."""
+    n, L, seed = shape
+    factors = _factors(n, L, seed)
+    base = log_spectral_norm(jacobian_product(factors))
+    w, g = factors[0]
+    scaled = [Factor(w * math.exp(log_c), g)] + factors[1:]
+    got = log_spectral_norm(jacobian_product(scaled))
+    fin = torch.isfinite(base)
+    torch.testing.assert_close(got[fin], base[fin] + log_c, rtol=0, atol=1e-9)
+
+
+@given(shapes)
+def test_orthogonal_invariance(shape):
+    """Singular values are unchanged by an orthogonal factor on either side."""
+    n, L, seed = shape
+    factors = _factors(n, L, seed, gates="none")
+    g = generator(seed + 1)
+    q = haar_frame(2, n, n, g)
+    base = log_singular_values(jacobian_product(factors))
+    rotated = [Factor(q, None)] + factors + [Factor(q.mT.contiguous(), None)]
+    got = log_singular_values(jacobian_product(rotated))
+    ok = base > base[:, :1] - 25
+    torch.testing.assert_close(got[ok], base[ok], rtol=0, atol=1e-8)
+
+
+@given(shapes, st.integers(1, 5))
+def test_submultiplicativity(shape, extra):
+    """||A B|| <= ||A|| ||B|| for the two halves of a product."""
+    n, L, seed = shape
+    factors = _factors(n, L + extra, seed)
+    whole = log_spectral_norm(jacobian_product(factors))
+    a = log_spectral_norm(jacobian_product(factors[L:]))
+    b = log_spectral_norm(jacobian_product(factors[:L]))
+    assert (whole <= a + b + 1e-9).all()
+
+
+@given(st.integers(2, 10), st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_qr_volumes_match_svd_on_short_products(n, L, seed):
+    """With a full frame (k = n), sum log|R_ii| = log|det J| = sum log s_i exactly (p = 1)."""
+    factors = _factors(n, L, seed, gates="none")
+    lyap = lyapunov_qr(factors, n, generator(seed + 7))
+    svd = log_singular_values(jacobian_product(factors))
+    torch.testing.assert_close(lyap.log_r.sum(-1), svd.sum(-1), rtol=0, atol=1e-8)
+
+
+@given(st.integers(3, 10), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_qr_top_volume_bounded_by_top_singular_values(n, k, seed):
+    """vol_k(J Q) <= s_1 ... s_k for any orthonormal frame Q."""
+    factors = _factors(n, 4, seed)
+    lyap = lyapunov_qr(factors, k, generator(seed + 3))
+    svd = log_singular_values(jacobian_product(factors), k)
+    # rank-deficient products (closed gates) have s_k at rounding level: compare resolvable ones only
+    fin = resolvable(svd).all(-1)
+    assert (lyap.log_r.sum(-1)[fin] <= svd.sum(-1)[fin] + 1e-9).all()
+
+
+def test_qr_exponents_are_unbiased_at_finite_depth(rng, verdict):
+    """Quick sanity of the closed form through the core: E[(1/L) sum log R_11] = gamma_1 (p = 1/2)."""
+    from theorems.stats import compare, mean_estimate
+
+    e = Ensemble(48, 20, sigma2=1.0, gates="bernoulli", batch=64)
+    ex = lyapunov_qr(e.factors(rng), 1, rng).exponents[:, 0]
+    verdict.check(compare("lyapunov", "QR gamma_1 (core sanity)", mean_estimate(ex),
+                          lyapunov_exponents(48, 0.5, 1.0, 1)[0], sizes=dict(n=48, L=20, B=64)))

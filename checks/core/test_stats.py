@@ -1,0 +1,124 @@
+"""The statistics helpers: calibrated size, real power, informative messages (issue 2, item 5)."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from theorems.stats import (
+    FALSE_FAIL_RATE,
+    Estimate,
+    assert_consistent,
+    assert_rejects,
+    binomial_pvalue,
+    chi2_independence_pvalue,
+    compare,
+    extrapolate,
+    fit_slope,
+    mean_estimate,
+    median_estimate,
+    paired_slope,
+    uniformity_pvalue,
+)
+
+TRIALS = 4000
+
+
+def test_mean_comparison_has_its_stated_size(seed):
+    """Under a true prediction the rejection count is Binomial(TRIALS, FALSE_FAIL_RATE)."""
+    rng = np.random.default_rng(seed)
+    rejections = sum(
+        not compare("t", "mean", mean_estimate(rng.normal(1.0, 2.0, 12)), 1.0).consistent for _ in range(TRIALS)
+    )
+    # one-sided: more rejections than the budget would be a miscalibrated (too narrow) interval
+    assert stats.binom.sf(rejections - 1, TRIALS, FALSE_FAIL_RATE) > 1e-4, rejections
+
+
+def test_mean_comparison_has_power_beyond_min_discrepancy(seed):
+    """A prediction off by 1.5x the detectable discrepancy is rejected (nearly) always."""
+    rng = np.random.default_rng(seed)
+    misses = 0
+    for _ in range(500):
+        est = mean_estimate(rng.normal(0.0, 1.0, 50))
+        cmp = compare("t", "mean", est, 0.0, model_error=0.1)
+        wrong = compare("t", "mean", est, est.value + 1.5 * cmp.min_discrepancy, model_error=0.1)
+        misses += wrong.consistent
+    assert misses == 0
+
+
+def test_model_error_widens_the_interval():
+    est = Estimate(1.0, 0.01, 100, 101)
+    assert not compare("t", "x", est, 1.2).consistent
+    assert compare("t", "x", est, 1.2, model_error=0.2).consistent
+    with pytest.raises(ValueError, match="model_error"):
+        compare("t", "x", est, 1.2, model_error=-1)
+
+
+def test_failure_message_names_everything():
+    cmp = compare("critical-init", "slope of E log||J||", Estimate(0.5, 0.01, 30, 31), 0.0, model_error=0.02,
+                  sizes=dict(n=64, L=100), seed=1234)
+    with pytest.raises(AssertionError) as err:
+        assert_consistent(cmp)
+    msg = str(err.value)
+    for piece in ["critical-init", "slope of E log||J||", "prediction 0", "observed 0.5", "CI [", "model error",
+                  "n=31", "n=64", "L=100", "seed=1234"]:
+        assert piece in msg, piece
+    assert_rejects(cmp)
+    with pytest.raises(AssertionError, match="REJECTED"):
+        assert_rejects(compare("t", "x", Estimate(0.0, 0.01, 30, 31), 0.0))
+
+
+def test_collapse_is_a_result_not_nan():
+    est = mean_estimate([1.0, -math.inf, 2.0])
+    assert est.value == -math.inf
+    assert not compare("t", "x", est, 0.0).consistent
+    with pytest.raises(ValueError, match="NaN"):
+        mean_estimate([1.0, math.nan])
+    s = paired_slope([0.0, 0.0, 0.0], [1.0, -math.inf, 2.0], 1, 3)
+    assert s.value == -math.inf
+
+
+def test_median_interval_coverage(seed):
+    rng = np.random.default_rng(seed)
+    misses = sum(not (lambda e: e.interval()[0] <= 0.0 <= e.interval()[1])(median_estimate(rng.standard_cauchy(41)))
+                 for _ in range(2000))
+    assert stats.binom.sf(misses - 1, 2000, FALSE_FAIL_RATE) > 1e-4
+
+
+def test_extrapolation_interval_covers_the_limit(seed):
+    """a + b/n data with known noise: the 1-FALSE_FAIL_RATE interval on a covers the truth."""
+    rng = np.random.default_rng(seed)
+    ns = np.array([32, 64, 128, 256, 512.0])
+    misses = 0
+    for _ in range(1000):
+        se = 0.01 * np.ones_like(ns)
+        y = 2.0 + 3.0 / ns + rng.normal(0, se)
+        a, b, pfit = extrapolate(ns, y, se, power=1.0)
+        lo, hi = a.interval()
+        misses += not (lo <= 2.0 <= hi)
+    assert stats.binom.sf(misses - 1, 1000, FALSE_FAIL_RATE) > 1e-4
+    # power: a wrong exponent is visible in the goodness of fit
+    y = 2.0 + 3.0 / np.sqrt(ns)
+    assert extrapolate(ns, y, 1e-3 * np.ones_like(ns), power=1.0)[2] < 1e-6
+
+
+def test_fit_slope_recovers_known_slopes(seed):
+    rng = np.random.default_rng(seed)
+    x = np.arange(10.0)
+    s = fit_slope(x, 0.3 * x + rng.normal(0, 0.01, 10))
+    lo, hi = s.interval()
+    assert lo <= 0.3 <= hi and hi - lo < 0.05
+    s = fit_slope(x, 0.3 * x, stderrs=np.full(10, 0.01))
+    assert s.value == pytest.approx(0.3)
+
+
+def test_classical_tests_have_size_and_power(seed):
+    rng = np.random.default_rng(seed)
+    assert binomial_pvalue(500, 1000, 0.5) > 0.9
+    assert binomial_pvalue(600, 1000, 0.5) < 1e-6
+    a = rng.integers(0, 2, 2000)
+    assert chi2_independence_pvalue(a, rng.integers(0, 2, 2000)) > FALSE_FAIL_RATE
+    assert chi2_independence_pvalue(a, a ^ (rng.random(2000) < 0.2)) < 1e-6
+    assert uniformity_pvalue(rng.random(500)) > FALSE_FAIL_RATE
+    assert uniformity_pvalue(rng.random(500) ** 2) < 1e-6

@@ -1,0 +1,87 @@
+"""Bad input: a ValueError naming the parameter and the allowed range, before any work (issue 2)."""
+
+import math
+
+import pytest
+import torch
+
+from theorems import predictions as P
+from theorems.ensembles import Ensemble, Pruning
+from theorems.spectral import lyapunov_qr, products_at
+
+BAD_ENSEMBLES = [
+    (dict(width=0, depth=3), "width", "integer >= 1"),
+    (dict(width=2.5, depth=3), "width", "integer >= 1"),
+    (dict(width=8, depth=0), "depth", "integer >= 1"),
+    (dict(width=8, depth=-4), "depth", "integer >= 1"),
+    (dict(width=8, depth=3, sigma2=0.0), "sigma2", "(0, inf)"),
+    (dict(width=8, depth=3, sigma2=-1.0), "sigma2", "(0, inf)"),
+    (dict(width=8, depth=3, sigma2=math.nan), "sigma2", "finite"),
+    (dict(width=8, depth=3, sigma2=math.inf), "sigma2", "finite"),
+    (dict(width=8, depth=3, keep_prob=0.0), "keep_prob", "(0, 1]"),
+    (dict(width=8, depth=3, keep_prob=1.5), "keep_prob", "(0, 1]"),
+    (dict(width=8, depth=3, keep_prob=math.nan), "keep_prob", "finite"),
+    (dict(width=8, depth=3, batch=0), "batch", "integer >= 1"),
+    (dict(width=8, depth=3, eta=-0.1), "eta", "[0, inf)"),
+    (dict(width=8, depth=3, gates="tanh"), "gates", "relu"),
+]
+
+
+@pytest.mark.parametrize("kwargs,name,allowed", BAD_ENSEMBLES, ids=lambda v: str(v) if isinstance(v, str) else None)
+def test_ensemble_rejects_bad_input(kwargs, name, allowed):
+    with pytest.raises(ValueError) as err:
+        Ensemble(**kwargs)
+    assert name in str(err.value) and allowed in str(err.value)
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.2, math.nan])
+def test_pruning_rejects_bad_sparsity(sparsity):
+    with pytest.raises(ValueError, match=r"sparsity must be a finite real number in \[0, 1\)"):
+        Pruning("random", sparsity)
+
+
+def test_pruning_rejects_bad_kind_and_scale():
+    with pytest.raises(ValueError, match="pruning kind"):
+        Pruning("snip", 0.5)
+    with pytest.raises(ValueError, match="scale"):
+        Pruning("random", 0.5, scale=0.0)
+
+
+BAD_PREDICTIONS = [
+    (P.masked_product_edge, (0, 0.5, 2.0), "depth"),
+    (P.masked_product_edge, (3, 0.0, 2.0), "keep_prob"),
+    (P.masked_product_edge, (3, 0.5, -2.0), "sigma2"),
+    (P.lyapunov_exponents, (0, 0.5, 2.0, 1), "width"),
+    (P.lyapunov_exponents, (16, 1.2, 2.0, 1), "keep_prob"),
+    (P.lyapunov_exponents, (16, 0.5, math.nan, 1), "sigma2"),
+    (P.lyapunov_exponents, (16, 0.5, 2.0, 17), "k"),
+    (P.lyapunov_exponents, (16, 0.5, 2.0, 1), "P(m < 1)"),  # collapse probability 2^-16 is not tiny
+    (P.magnitude_pruning_scale, (0, 0.5), "width"),
+    (P.magnitude_pruning_scale, (16, 1.0), "sparsity"),
+    (P.random_pruning_scale, (-0.5,), "sparsity"),
+    (P.correlation_from_eta, (math.inf,), "eta"),
+]
+
+
+@pytest.mark.parametrize("fn,args,name", BAD_PREDICTIONS, ids=lambda v: getattr(v, "__name__", None))
+def test_predictions_reject_bad_input(fn, args, name):
+    with pytest.raises(ValueError) as err:
+        fn(*args)
+    assert name in str(err.value)
+
+
+def test_spectral_rejects_bad_requests(rng):
+    e = Ensemble(8, 3, batch=2)
+    with pytest.raises(ValueError, match="k must be an integer"):
+        lyapunov_qr(e.factors(rng), 9, rng)
+    with pytest.raises(ValueError, match="exceed"):
+        products_at(e.factors(rng), [5])
+
+
+def test_validation_happens_before_work(monkeypatch):
+    """No random numbers are drawn for an invalid ensemble: the error comes from the constructor."""
+    calls = []
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError):
+        Ensemble(8, 3, sigma2=0)
+    assert not calls
