@@ -1,0 +1,135 @@
+"""Measurements shared by the checks: sample an ensemble, reduce to per-network statistics.
+
+Each function returns per-network numpy arrays or :class:`~theorems.stats.Estimate` objects, so
+checks only arrange, measure and compare.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .ensembles import Ensemble, Factor, Pruning, prune_mask
+from .predictions import volume_gap
+from .spectral import log_singular_values, log_spectral_norm, lyapunov_qr, products_at
+from .stats import Estimate, mean_estimate, paired_slope
+
+__all__ = [
+    "log_norms_at",
+    "log_singular_values_at",
+    "depth_slope",
+    "slope_model_error",
+    "pruned",
+    "coupled_log_norm_gap",
+    "per_layer_slopes",
+    "crossing",
+    "bootstrap_crossing",
+    "qr_exponents",
+]
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+def log_norms_at(ens: Ensemble, depths: Sequence[int], gen, device="cpu") -> dict[int, np.ndarray]:
+    """log||J_L|| per network at each requested depth L (prefixes of one streamed network)."""
+    at = products_at(ens.factors(gen, device=device), depths)
+    return {d: _np(log_spectral_norm(p)) for d, p in at.items()}
+
+
+def log_singular_values_at(ens: Ensemble, depths: Sequence[int], k: int, gen, device="cpu") -> dict[int, np.ndarray]:
+    """Top-k log singular values (B, k) at each requested depth."""
+    at = products_at(ens.factors(gen, device=device), depths)
+    return {d: _np(log_singular_values(p, k)) for d, p in at.items()}
+
+
+def per_layer_slopes(a: np.ndarray, b: np.ndarray, l1: int, l2: int) -> np.ndarray:
+    """Per-network ``(X(L2) - X(L1)) / (L2 - L1)``; a collapse at L2 gives -inf (never NaN)."""
+    with np.errstate(invalid="ignore"):
+        s = (b - a) / (l2 - l1)
+    return np.where(np.isneginf(b), -np.inf, s)
+
+
+def depth_slope(ens: Ensemble, l1: int, l2: int, gen, device="cpu") -> Estimate:
+    """Per-layer slope of E log||J_L|| between depths L1 < L2 (paired over networks)."""
+    v = log_norms_at(ens.with_(depth=l2), [l1, l2], gen, device)
+    return paired_slope(v[l1], v[l2], l1, l2)
+
+
+def slope_model_error(width: int, l1: int, l2: int, k: int = 1) -> float:
+    """Model error of a per-layer slope of E log||J|| over [L1, L2] (claims critical-init, lyapunov).
+
+    In the gated (and ReLU) model ``E log||J_L|| - L gamma_1`` lies in ``[0, volume_gap(n, 1)]`` at
+    every depth (``theorems.predictions.volume_gap``), so the two-point slope differs from
+    ``gamma_1`` by at most ``volume_gap(n, k) / (L2 - L1)``.
+    """
+    return volume_gap(width, k) / (l2 - l1)
+
+
+def pruned(factors, pruning: Pruning, gen):
+    """The same factors with pruned, scaled weights (coupled: same W and gates)."""
+    for w, gate in factors:
+        yield Factor(pruning.scale * prune_mask(w, pruning, gen) * w, gate)
+
+
+def coupled_log_norm_gap(ens: Ensemble, pruning: Pruning, gen, device="cpu") -> np.ndarray:
+    """Per-network ``log||J^B|| - log||J||`` at depth L with the same weights and gates (gated model)."""
+    if ens.gates == "relu":
+        raise ValueError("coupling needs gates independent of the weights (gates='bernoulli' or 'none')")
+    from .spectral import jacobian_product
+
+    factors = list(ens.factors(gen, device=device))
+    base = log_spectral_norm(jacobian_product(factors))
+    prun = log_spectral_norm(jacobian_product(pruned(factors, pruning, gen)))
+    with np.errstate(invalid="ignore"):
+        return _np(prun - base)
+
+
+def crossing(xs: Sequence[float], deviation: Sequence[float], theta: float) -> float:
+    """First x (scanning xs in order) where |deviation| >= theta, interpolated linearly in log x.
+
+    Returns ``xs[0]`` if already broken at the first point and ``inf`` if never broken.  A
+    collapse (deviation = ±inf) counts as broken.
+    """
+    xs = np.asarray(xs, float)
+    d = np.abs(np.asarray(deviation, float))
+    d = np.where(np.isnan(d), np.inf, d)
+    broken = np.nonzero(d >= theta)[0]
+    if broken.size == 0:
+        return math.inf
+    i = broken[0]
+    if i == 0:
+        return float(xs[0])
+    d0, d1 = d[i - 1], min(d[i], 10 * theta)
+    frac = (theta - d0) / (d1 - d0)
+    return float(np.exp(np.log(xs[i - 1]) + frac * (np.log(xs[i]) - np.log(xs[i - 1]))))
+
+
+def bootstrap_crossing(xs, samples: Sequence[np.ndarray], reference: np.ndarray, theta: float,
+                       rng: np.random.Generator, reps: int = 400, statistic=np.median) -> Estimate:
+    """Crossing point of ``statistic(sample) - statistic(reference)`` over xs with a bootstrap stderr
+    (in log x).  Returns an Estimate of ``log x*``."""
+
+    def dev(ss, ref):
+        r = statistic(ref)
+        return [statistic(s) - r for s in ss]
+
+    point = crossing(xs, dev(samples, reference), theta)
+    boots = []
+    for _ in range(reps):
+        ss = [s[rng.integers(0, s.size, s.size)] for s in samples]
+        ref = reference[rng.integers(0, reference.size, reference.size)]
+        boots.append(crossing(xs, dev(ss, ref), theta))
+    logs = np.log(np.asarray(boots))
+    logs = logs[np.isfinite(logs)]
+    se = float(np.std(logs, ddof=1)) if logs.size > 10 else math.inf
+    return Estimate(float(np.log(point)), se, math.inf, len(samples))
+
+
+def qr_exponents(ens: Ensemble, k: int, gen, device="cpu") -> np.ndarray:
+    """Per-network QR estimates of the top-k exponents (B, k)."""
+    return _np(lyapunov_qr(ens.factors(gen, device=device), k, gen).exponents)
