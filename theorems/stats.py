@@ -35,6 +35,7 @@ __all__ = [
     "compare",
     "assert_consistent",
     "assert_rejects",
+    "significance_test",
     "binomial_pvalue",
     "chi2_independence_pvalue",
     "uniformity_pvalue",
@@ -187,7 +188,10 @@ class Comparison:
 
     @property
     def consistent(self) -> bool:
-        """True iff the prediction lies in the interval widened by the model error."""
+        """True iff the prediction lies in the interval widened by the model error (for a significance
+        test: iff its p-value is at least the level, i.e. the null is not rejected)."""
+        if getattr(self, "kind", "") == "pvalue":
+            return self.estimate >= self.prediction
         if math.isnan(self.estimate) or math.isnan(self.prediction):
             return False
         if not math.isfinite(self.estimate):
@@ -196,6 +200,10 @@ class Comparison:
         return lo - self.model_error <= self.prediction <= hi + self.model_error
 
     def message(self, expectation: str = "consistent") -> str:
+        if getattr(self, "kind", "") == "pvalue":
+            sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+            return (f"[{self.claim}] {self.statistic}: expected {expectation} (null not rejected at level "
+                    f"{self.prediction:g}); observed p = {self.estimate:.4g}; n={self.n}; sizes: {sizes}; seed={self.seed}")
         lo, hi = self.interval
         sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
         return (
@@ -251,6 +259,17 @@ def assert_rejects(cmp: Comparison) -> Comparison:
     __tracebackhide__ = True
     if cmp.consistent:
         raise AssertionError(cmp.message("REJECTED (negative control)"))
+    return cmp
+
+
+def significance_test(claim: str, statistic: str, pvalue: float, *, n: int, sizes: dict | None = None,
+                      seed: int | None = None, note: str = "") -> Comparison:
+    """A classical test as a Comparison: ``estimate`` is the p-value and ``prediction`` the level
+    FALSE_FAIL_RATE.  ``consistent`` means the null hypothesis is not rejected (p >= level); p-values
+    carry an infinite stderr so the baseline comparison never flags them."""
+    cmp = Comparison(claim, statistic, FALSE_FAIL_RATE, float(pvalue), math.inf, math.inf, int(n),
+                     sizes=dict(sizes or {}), seed=seed, note=note or "p-value of a test of the null")
+    cmp.kind = "pvalue"
     return cmp
 
 

@@ -51,6 +51,6 @@ def _run(tmp, *extra):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess pytest with xdist")
 def test_numbers_identical_with_and_without_xdist(tmp_path):
-    serial = _run(tmp_path / "a", "-p", "no:xdist")
+    serial = _run(tmp_path / "a", "-n", "0")
     parallel = _run(tmp_path / "b", "-n", "2")
     assert serial == parallel and all(serial.values())
