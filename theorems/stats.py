@@ -238,12 +238,19 @@ def _plain(v):
 
 
 def compare(claim: str, statistic: str, estimate: Estimate, prediction: float, *, model_error: float = 0.0,
-            sizes: dict | None = None, seed: int | None = None, note: str = "") -> Comparison:
-    """Build a :class:`Comparison` from an :class:`Estimate`."""
+            sizes: dict | None = None, seed: int | None = None, note: str = "", family: int = 1) -> Comparison:
+    """Build a :class:`Comparison` from an :class:`Estimate`.
+
+    ``family``: the number of comparisons a check makes of one kind (e.g. k exponents); each then
+    uses level ``1 - FALSE_FAIL_RATE / family`` (Bonferroni), so the check as a whole keeps the budget.
+    """
     if model_error < 0 or not math.isfinite(model_error):
         raise ValueError(f"model_error must be finite and >= 0; got {model_error}")
+    if family < 1:
+        raise ValueError(f"family must be an integer >= 1; got {family}")
     return Comparison(claim, statistic, float(prediction), estimate.value, estimate.stderr, estimate.dof,
-                      estimate.n, float(model_error), sizes=dict(sizes or {}), seed=seed, note=note)
+                      estimate.n, float(model_error), level=1 - FALSE_FAIL_RATE / family, sizes=dict(sizes or {}),
+                      seed=seed, note=note)
 
 
 def assert_consistent(cmp: Comparison) -> Comparison:
