@@ -36,6 +36,7 @@ __all__ = [
     "assert_consistent",
     "assert_rejects",
     "significance_test",
+    "compare_at_most",
     "binomial_pvalue",
     "chi2_independence_pvalue",
     "uniformity_pvalue",
@@ -192,6 +193,8 @@ class Comparison:
         test: iff its p-value is at least the level, i.e. the null is not rejected)."""
         if getattr(self, "kind", "") == "pvalue":
             return self.estimate >= self.prediction
+        if getattr(self, "kind", "") == "upper":
+            return self.interval[0] - self.model_error <= self.prediction
         if math.isnan(self.estimate) or math.isnan(self.prediction):
             return False
         if not math.isfinite(self.estimate):
@@ -277,6 +280,17 @@ def significance_test(claim: str, statistic: str, pvalue: float, *, n: int, size
     cmp = Comparison(claim, statistic, FALSE_FAIL_RATE, float(pvalue), math.inf, math.inf, int(n),
                      sizes=dict(sizes or {}), seed=seed, note=note or "p-value of a test of the null")
     cmp.kind = "pvalue"
+    return cmp
+
+
+def compare_at_most(claim: str, statistic: str, estimate: Estimate, bound: float, *, model_error: float = 0.0,
+                    sizes: dict | None = None, seed: int | None = None, note: str = "") -> Comparison:
+    """One-sided comparison: consistent iff the estimate is not significantly above ``bound`` (the lower end of
+    its interval, less the model error, is at most the bound).  ``verdict.reject`` of it asserts the
+    estimate is significantly above the bound."""
+    cmp = compare(claim, statistic, estimate, bound, model_error=model_error, sizes=sizes, seed=seed,
+                  note=note or "one-sided: estimate <= prediction")
+    cmp.kind = "upper"
     return cmp
 
 
