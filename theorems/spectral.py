@@ -71,24 +71,36 @@ def apply_factor(factor: Factor, x: torch.Tensor) -> torch.Tensor:
     return torch.matmul(w, x)
 
 
-def iterate_products(factors: Iterable[Factor]) -> Iterator[LogScaledProduct]:
-    """Yield the renormalised partial products ``F_l ... F_1`` for l = 1, 2, ..."""
+def iterate_products(factors: Iterable[Factor], *, renorm_every: int = 1) -> Iterator[LogScaledProduct]:
+    """Yield the renormalised partial products ``F_l ... F_1`` for l = 1, 2, ...
+
+    ``renorm_every``: renormalise every k layers (the yielded products between renormalisations carry an
+    un-normalised matrix, still exact).  k > 1 saves memory passes when only the final product is needed;
+    it assumes each factor changes the norm by less than e^(700/k) (true for any Gaussian or pruned layer
+    of sane variance) and raises if the product overflowed.
+    """
     matrix = log_scale = None
     for depth, (w, gate) in enumerate(factors, start=1):
         if matrix is None:
             matrix = w * gate.unsqueeze(-2) if gate is not None else w.clone()
             log_scale = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
         else:
-            matrix = apply_factor(Factor(w, gate), matrix)
-        matrix, log_scale = _renormalise(matrix, log_scale)
+            matrix = torch.matmul(w * gate.unsqueeze(-2) if gate is not None else w, matrix)
+        if depth % renorm_every == 0:
+            matrix, log_scale = _renormalise(matrix, log_scale)
+            if renorm_every > 1 and not torch.isfinite(log_scale[~torch.isneginf(log_scale)]).all():
+                raise FloatingPointError(f"the product overflowed within {renorm_every} layers: use renorm_every=1")
         yield LogScaledProduct(matrix, log_scale, depth)
 
 
-def jacobian_product(factors: Iterable[Factor]) -> LogScaledProduct:
-    """The full product ``J = F_L ... F_1`` in log-scaled form."""
+def jacobian_product(factors: Iterable[Factor], *, renorm_every: int = 4) -> LogScaledProduct:
+    """The full product ``J = F_L ... F_1`` in log-scaled form (renormalised every 4 layers and at the end)."""
     last = None
-    for last in iterate_products(factors):
+    for last in iterate_products(factors, renorm_every=renorm_every):
         pass
+    if last is not None and last.depth % renorm_every:
+        matrix, log_scale = _renormalise(last.matrix, last.log_scale)
+        last = LogScaledProduct(matrix, log_scale, last.depth)
     if last is None:
         raise ValueError("factors must contain at least one layer (depth >= 1)")
     return last
