@@ -1,0 +1,295 @@
+"""The papers' figures with the theory drawn in (``pytest --figures``; or ``python -m theorems.figures DIR``).
+
+Each figure is computed from the library (samplers, spectral core, predictions), independently of the
+checks, with its sizes and seed in the caption.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .ensembles import Ensemble, Pruning
+from .experiments import log_norms_at, log_singular_values_at, per_layer_slopes, qr_exponents
+from .predictions import (
+    edge_of_stability_density,
+    lyapunov_exponents,
+    magnitude_pruning_scale,
+    masked_product_edge,
+    random_pruning_scale,
+)
+from .seeding import derive_seed, generator
+from .spectral import subspace_sin_theta, suffix_products, top_left_singular_vectors
+
+__all__ = ["write_figures"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _caption(fig, text):
+    fig.text(0.01, 0.005, text, fontsize=7, va="bottom", ha="left", wrap=True)
+
+
+def _slope_line(ax, x, samples, slope, color, anchor=3):
+    """A dashed line of the predicted slope through the measured mean at x[anchor]."""
+    y0 = float(np.mean(samples[anchor][np.isfinite(samples[anchor])])) if np.isfinite(samples[anchor]).any() else 0.0
+    ax.plot(x, [y0 + slope * (v - x[anchor]) for v in x], "--", color=color, lw=0.8)
+
+
+def _band(ax, x, samples, label, **kw):
+    m = np.array([np.mean(s[np.isfinite(s)]) if np.isfinite(s).any() else np.nan for s in samples])
+    sd = np.array([np.std(s[np.isfinite(s)]) if np.isfinite(s).any() else np.nan for s in samples])
+    line, = ax.plot(x, m, label=label, **kw)
+    ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.2)
+    return line
+
+
+def fig_norm_vs_depth(out, sizes, seed, device):
+    plt = _plt()
+    n, depths, b = sizes["n"], sizes["depths"], sizes["B"]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    g = generator(derive_seed(seed, "fig_norm_vs_depth"), device)
+    for s2 in (0.5, 2.0, 4.0):
+        ln = log_norms_at(Ensemble(n, depths[-1], sigma2=s2, gates="relu", batch=b), depths, g, device)
+        line = _band(ax[0], depths, [ln[L] for L in depths], f"σ²={s2} (ReLU MLP)")
+        g1 = lyapunov_exponents(n, 0.5, s2, 1)[0]
+        ax[0].plot(depths, [0.5 * math.log(masked_product_edge(L, 0.5, s2)) for L in depths], ":", color=line.get_color())
+        ax[0].plot(depths, [L * g1 for L in depths], "--", color=line.get_color(), lw=0.8)
+        if s2 == 2.0:
+            _band(ax[1], depths, [ln[L] for L in depths], "measured (mean ± sd)")
+            ax[1].plot(depths, [0.5 * math.log(masked_product_edge(L, 0.5, 2.0)) for L in depths], ":",
+                       label="free-limit edge ½ log λ_max(L, ½, 2) (n→∞)")
+            ax[1].plot(depths, [L * g1 for L in depths], "--", label=f"L γ₁(n={n}) (lower bracket)")
+            ax[1].plot(depths, [L * g1 + 0.5 * (math.log(n / 2) + 1.96) for L in depths], "-.", lw=0.8,
+                       label="L γ₁ + Δ_n (upper bracket)")
+    ax[0].set(xlabel="depth L", ylabel="log ||J||", title="Jacobian norm vs depth (dashed: L γ₁, dotted: free edge)")
+    ax[1].set(xlabel="depth L", ylabel="log ||J||", title="critical initialisation σ² = 2")
+    for a in ax:
+        a.legend(fontsize=7)
+    _caption(fig, f"ReLU MLP, width n={n}, {b} networks per point, Gaussian input; seed {seed}. Printed rate L(σ²/2)^L "
+                  "is that of ||J||²; ||J|| grows like (σ²/2)^(L/2).")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "norm_vs_depth.png", dpi=110)
+    plt.close(fig)
+
+
+def fig_random_pruning(out, sizes, seed, device):
+    plt = _plt()
+    n, depths, b = sizes["n"], sizes["depths"], sizes["B"]
+    g = generator(derive_seed(seed, "fig_random_pruning"), device)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    g1 = lyapunov_exponents(n, 0.5, 2.0, 1)[0]
+    for s in (0.0, 0.5, 0.9, 0.99):
+        for a, scaled in zip(ax, (False, True)):
+            pr = None if s == 0 else Pruning("random", s, random_pruning_scale(s) if scaled else 1.0)
+            ln = log_norms_at(Ensemble(n, depths[-1], gates="relu", batch=b, pruning=pr), depths, g, device)
+            line = _band(a, depths, [ln[L] for L in depths], f"s={s}")
+            if not scaled and s:
+                _slope_line(a, depths, [ln[L] for L in depths], 0.5 * math.log(1 - s) + g1, line.get_color())
+    ax[0].set(xlabel="depth L", ylabel="log ||J||", title="random pruning, unscaled (dashed: slope ½log(1-s)+γ₁)")
+    ax[1].set(xlabel="depth L", ylabel="log ||J||", title="scaled by (1-s)^(-1/2)")
+    for a in ax:
+        a.legend(fontsize=7)
+    _caption(fig, f"ReLU MLP, width n={n}, {b} networks per point, σ²=2; seed {seed}. -inf (collapse) points are not drawn.")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "random_pruning.png", dpi=110)
+    plt.close(fig)
+
+
+def fig_magnitude_pruning(out, sizes, seed, device):
+    plt = _plt()
+    n, depths, b = sizes["n"], sizes["depths"], sizes["B"]
+    g = generator(derive_seed(seed, "fig_magnitude_pruning"), device)
+    fig, ax = plt.subplots(2, 2, figsize=(11, 8))
+    titles = ("no scaling", "scale (1-s)^(-1/2)", "scale t_n (Thm 6)")
+    for a, title, kind in zip(ax.flat[:3], titles, ("one", "random", "magnitude")):
+        for s in (0.5, 0.8, 0.9):
+            t = magnitude_pruning_scale(n, s)
+            c = {"one": 1.0, "random": random_pruning_scale(s), "magnitude": t}[kind]
+            ln = log_norms_at(Ensemble(n, depths[-1], gates="relu", batch=b, pruning=Pruning("magnitude", s, c)), depths, g, device)
+            line = _band(a, depths, [ln[L] for L in depths], f"s={s}")
+            _slope_line(a, depths, [ln[L] for L in depths], math.log(c / t) + lyapunov_exponents(n, 0.5, 2.0, 1)[0],
+                        line.get_color())
+        a.set(xlabel="depth L", ylabel="log ||J||", title=f"magnitude pruning, {title}")
+        a.legend(fontsize=7)
+    sp = np.linspace(0.0, 0.99, 60)
+    ax[1, 1].plot(sp, [random_pruning_scale(s) for s in sp], label="(1-s)^(-1/2) (random pruning)")
+    ax[1, 1].plot(sp, [magnitude_pruning_scale(n, s) for s in sp], label=f"t_n exact (n={n})")
+    ax[1, 1].plot(sp, [magnitude_pruning_scale(n, s, exact=False) for s in sp], ":", label="t_∞ limit")
+    ax[1, 1].set(xlabel="sparsity s", ylabel="scale factor", yscale="log", title="scale factors")
+    ax[1, 1].legend(fontsize=7)
+    _caption(fig, f"ReLU MLP, width n={n}, {b} networks per point, σ²=2; dashed: predicted slope γ₁ + log(c/t_n); seed {seed}.")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(out / "magnitude_pruning.png", dpi=110)
+    plt.close(fig)
+
+
+def fig_correlation(out, sizes, seed, device):
+    plt = _plt()
+    n, depths, b = sizes["n"], sizes["depths"], sizes["B"]
+    g = generator(derive_seed(seed, "fig_correlation"), device)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    for a, gates in zip(ax, ("relu", "bernoulli")):
+        for eta in (0.0, 2**-8, 2**-7, 2**-4, 2**-2):
+            ln = log_norms_at(Ensemble(n, depths[-1], gates=gates, batch=b, eta=eta), depths, g, device)
+            _band(a, depths, [ln[L] for L in depths], f"η={eta:g} (η√n={eta * math.sqrt(n):.2g})")
+        a.set(xlabel="depth L", ylabel="log ||J||", title=f"correlated weights W_ind + η w ({gates})")
+        a.legend(fontsize=7)
+    _caption(fig, f"width n={n}, {b} networks per point, σ²=2; Thm 8's regime corr=η² << 1/(n log³n) = "
+                  f"{1 / (n * math.log(n) ** 3):.1e}; seed {seed}.")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "correlation.png", dpi=110)
+    plt.close(fig)
+
+
+def fig_edge_of_stability(out, sizes, seed, device):
+    plt = _plt()
+    widths, b, l1, l2 = sizes["edge_widths"], sizes["B"], 5, 45
+    degrees = (1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 11.3, 16.0)
+    g = generator(derive_seed(seed, "fig_edge"), device)
+    from .experiments import crossing
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    stars = []
+    for n in widths:
+        ref = log_norms_at(Ensemble(n, l2, batch=b), [l1, l2], g, device)
+        r0 = np.median(per_layer_slopes(ref[l1], ref[l2], l1, l2))
+        dev = []
+        for d in degrees:
+            rho = d / n
+            ln = log_norms_at(Ensemble(n, l2, batch=b, pruning=Pruning("random", 1 - rho, random_pruning_scale(1 - rho))),
+                              [l1, l2], g, device)
+            dev.append(np.median(per_layer_slopes(ln[l1], ln[l2], l1, l2)) - r0)
+        stars.append(crossing(list(reversed(degrees)), list(reversed(dev)), 0.05) / n)
+        dev = np.maximum(np.abs(np.array(dev)), 1e-4)
+        ax[0].plot(degrees, np.where(np.isfinite(dev), dev, 10.0), "o-", label=f"n={n}")
+    ax[0].axhline(0.05, color="k", ls=":", label="threshold 0.05 per layer")
+    ax[0].set_xscale("log")
+    ax[0].xaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    ax[0].xaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
+    ax[0].set_xticks([1.4, 2, 4, 8, 16])
+    ax[0].set(yscale="log", xlabel="(1-s) n (expected kept weights per row)",
+              ylabel="|Δ per-layer rate| (collapse drawn at 10)", title="scaled random pruning: departure from iid")
+    ax[0].legend(fontsize=7)
+    ns = np.geomspace(16, 4096, 50)
+    ax[1].plot(ns, [edge_of_stability_density(int(v)) for v in ns], label="log(n)^5/n (Thm 5, sufficient)")
+    ax[1].plot(widths, stars, "o", label="measured transition ρ*(n) (left panel, threshold 0.05)")
+    ax[1].plot(ns, np.exp(np.mean(np.log(np.array(stars) * np.array(widths)))) / ns, ":", label="c/n through the points")
+    ax[1].axhline(1.0, color="k", ls=":", lw=0.8)
+    ax[1].set(xscale="log", yscale="log", xlabel="width n", ylabel="density 1-s", title="edge of stability")
+    ax[1].legend(fontsize=7)
+    _caption(fig, f"gated model p=½, σ²=2, {b} networks, slope over depths {l1}-{l2}; seed {seed}. "
+                  "log(n)^5/n exceeds 1 for every n below ~10^9.")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "edge_of_stability.png", dpi=110)
+    plt.close(fig)
+
+
+def fig_lyapunov(out, sizes, seed, device):
+    plt = _plt()
+    g = generator(derive_seed(seed, "fig_lyapunov"), device)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    n, k = 64, 32
+    for p, gates in ((1.0, "none"), (0.5, "bernoulli"), (0.5, "relu")):
+        kk = k if p == 1 else 16
+        est = qr_exponents(Ensemble(n, 100, sigma2=2.0, gates=gates, batch=16), kk, g, device)
+        ax[0].plot(range(1, kk + 1), est.mean(0), "o", ms=3, label=f"QR, {gates} (p={p})")
+        ax[0].plot(range(1, kk + 1), lyapunov_exponents(n, p, 2.0, kk, max_dropout=1.0), "-", lw=0.8)
+    ax[0].set(xlabel="k", ylabel="γ_k", title=f"Lyapunov exponents, n={n}, σ²=2 (lines: closed form)")
+    ax[0].legend(fontsize=7)
+    n2 = 12
+    depths = [6, 12, 24, 48, 96, 192]
+    at = log_singular_values_at(Ensemble(n2, depths[-1], sigma2=2.0, gates="none", batch=64), depths, 3, g, device)
+    gam = lyapunov_exponents(n2, 1.0, 2.0, 3)
+    for i in range(3):
+        line, = ax[1].plot(depths, [np.mean(at[L][:, i]) / L for L in depths], "o-", label=f"(1/L) E log s_{i + 1}")
+        ax[1].axhline(gam[i], color=line.get_color(), ls="--", lw=0.8)
+    ax[1].set(xscale="log", xlabel="depth L", ylabel="(1/L) log s_k", title=f"convergence to γ_k (n={n2}, p=1), O(1/L)")
+    ax[1].legend(fontsize=7)
+    _caption(fig, f"16-64 networks; seed {seed}.")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(out / "lyapunov.png", dpi=110)
+    plt.close(fig)
+
+
+def fig_alignment(out, sizes, seed, device):
+    plt = _plt()
+    g = generator(derive_seed(seed, "fig_alignment"), device)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for n, p, gates in ((8, 1.0, "none"), (48, 0.5, "bernoulli"), (48, 0.5, "relu")):
+        L = 100
+        lengths = list(range(5, 96, 10))
+        ens = Ensemble(n, L, sigma2=2.0, gates=gates, batch=64, input_gate=gates != "bernoulli")
+        factors = list(ens.factors(g, device=device))
+        suf = suffix_products(factors, [*lengths, L])
+        uj = top_left_singular_vectors(suf[L].matrix, 1)
+        vals = [torch.log(subspace_sin_theta(uj, top_left_singular_vectors(suf[l].matrix, 1))).mean().item() for l in lengths]
+        line, = ax.plot(lengths, vals, "o-", label=f"{gates}, n={n}")
+        gm = lyapunov_exponents(n, p, 2.0, 2)
+        ax.plot(lengths, [vals[2] - (l - lengths[2]) * (gm[0] - gm[1]) for l in lengths], "--", color=line.get_color(), lw=0.8)
+    ax.set(xlabel="shared length l (factors at the output end)", ylabel="E log sin θ(u₁(J), u₁(A_l))",
+           title="alignment of intermediate Jacobians (dashed: slope -(γ₁-γ₂))")
+    ax.legend(fontsize=7)
+    _caption(fig, f"depth 100, 64 networks, σ²=2; seed {seed}.")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(out / "alignment.png", dpi=110)
+    plt.close(fig)
+
+
+def fig_training(out, sizes, seed, device):
+    from .ensembles import sample_weights
+    from .training import train_mlp
+
+    plt = _plt()
+    g = generator(derive_seed(seed, "fig_training"), device)
+    n, L, b, steps = sizes["train"]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ws = [sample_weights(b, n, 2.0, g, device=device) for _ in range(L)]
+    x = torch.randn(b, 64, n, generator=g, device=device, dtype=torch.float64)
+    z = x @ (torch.randn(b, n, n, generator=g, device=device, dtype=torch.float64) / math.sqrt(n)).mT
+    for lr in (0.3, 0.1, 0.01, 1 / (n * math.log(n) ** 1.5)):
+        run = train_mlp(ws, x, z, lr, steps, record_every=max(1, steps // 50))
+        m = run.log_norm.mean(1)
+        se = run.log_norm.std(1) / math.sqrt(b)
+        line, = ax.plot(run.steps, m, label=f"lr={lr:.3g}")
+        ax.fill_between(run.steps, m - se, m + se, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="GD step", ylabel="log ||J|| (reference input), mean ± s.e.", title="Jacobian norm along training")
+    ax.legend(fontsize=7)
+    _caption(fig, f"ReLU MLP n={n}, L={L}, {b} networks, 64 samples, linear targets; smallest lr = 1/(n log^1.5 n); seed {seed}.")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)
+
+
+SIZES = {
+    "quick": dict(n=128, depths=[1, 5, 10, 20, 40, 60, 80, 100], B=8, edge_widths=(32, 64, 128), train=(32, 4, 8, 200)),
+    "full": dict(n=256, depths=[1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], B=32, edge_widths=(64, 128, 256, 512),
+                 train=(256, 8, 8, 2000)),
+}
+
+FIGURES = [fig_norm_vs_depth, fig_random_pruning, fig_magnitude_pruning, fig_correlation, fig_edge_of_stability,
+           fig_lyapunov, fig_alignment, fig_training]
+
+
+def write_figures(out, profile: str = "quick", seed: int = 0, device: str = "cpu", progress=print):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for fig in FIGURES:
+        progress(f"figure {fig.__name__[4:]} ...")
+        fig(out, SIZES[profile], seed, device)
+    return sorted(out.glob("*.png"))
+
+
+if __name__ == "__main__":  # python -m theorems.figures DIR [quick|full]
+    write_figures(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "quick")
