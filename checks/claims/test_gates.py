@@ -37,10 +37,11 @@ def layer_sample(n, layer, batch, eta, rng, device):
     """(W_l, D_l, W_{l+1}) at ``layer`` for ``batch`` networks with one shared input (as in the paper)."""
     x = torch.randn(n, generator=rng, device=device, dtype=torch.float64)
     ens = Ensemble(n, layer + 1, sigma2=2.0, gates="relu", batch=batch, eta=eta, inputs=x)
-    factors = list(ens.factors(rng, device=device))
-    w = factors[layer - 1].weight  # W_l
-    d = factors[layer].gate  # D_l = 1{Y_l > 0}, the gate entering factor l+1
-    return w.cpu().numpy(), d.cpu().numpy(), factors[layer].weight.cpu().numpy()
+    for i, factor in enumerate(ens.factors(rng, device=device), start=1):  # stream: keep only layers l, l+1
+        if i == layer:
+            w = factor.weight.cpu().numpy()  # W_l
+        elif i == layer + 1:  # D_l = 1{Y_l > 0} is the gate entering factor l+1
+            return w, factor.gate.cpu().numpy(), factor.weight.cpu().numpy()
 
 
 SIZES = ((100, 10, 1000), (256, 10, 2000))  # quick, full: n, layer l, N networks (paper: n=100, l=10, N=1000)

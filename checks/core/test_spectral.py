@@ -78,14 +78,15 @@ def test_fully_pruned_layer_is_a_reported_collapse(rng):
     assert torch.isneginf(log_norm_of_image(factors, u)).all()
 
 
-def test_krylov_spectral_norm_matches_svd(rng):
-    """Stated accuracy of the block Krylov estimate: relative error < 1e-6 at these sizes."""
-    for n, L in [(64, 3), (256, 10)]:
-        prod = jacobian_product(Ensemble(n, L, batch=3).factors(rng))
-        exact = log_spectral_norm(prod)
-        approx = krylov_log_spectral_norm(prod, rng)
-        assert (approx <= exact + 1e-12).all(), "a Ritz value cannot exceed the norm"
-        assert (exact - approx).max() < 1e-6
+@pytest.mark.parametrize("n,L", [(64, 3), (256, 10), (512, 1), (512, 2)])
+def test_krylov_spectral_norm_matches_svd(n, L, rng):
+    """Stated accuracy of the block Krylov estimate: log error < 1e-10 (depth 1 is the hardest: soft edge)."""
+    prod = jacobian_product(Ensemble(n, L, batch=2).factors(rng))
+    exact = log_spectral_norm(prod, method="svd")
+    approx = krylov_log_spectral_norm(prod, rng)
+    assert (approx <= exact + 1e-12).all(), "a Ritz value cannot exceed the norm"
+    assert (exact - approx).max() < 1e-10
+    torch.testing.assert_close(log_spectral_norm(prod, method="krylov"), exact, rtol=0, atol=1e-10)
 
 
 def test_subspace_sin_theta_small_angles_keep_precision():

@@ -1,0 +1,60 @@
+"""The report plugin: verdict logic, files written, and the numeric regression baseline (issue 7)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from theorems.reporting import SCHEMA_VERSION, claim_verdict, compare_with_baseline
+
+ROOT = Path(__file__).resolve().parents[2]
+SELECTION = ["checks/claims/test_lyapunov.py::test_log_image_norm_is_exactly_L_gamma1[3-bernoulli]",
+             "checks/claims/test_gates.py::test_printed_gates_independent_of_weights"]
+
+
+def test_claim_verdicts():
+    ok = {"outcome": "passed", "printed": False}
+    assert claim_verdict([ok, ok]) == "confirmed"
+    assert claim_verdict([ok, {"outcome": "xfailed", "printed": True}]) == "refuted_as_printed"
+    assert claim_verdict([ok, {"outcome": "failed", "printed": False}]) == "inconclusive"
+    assert claim_verdict([ok, {"outcome": "skipped", "printed": False}]) == "inconclusive"
+    assert claim_verdict([]) == "inconclusive"
+
+
+def _tests(estimate, stderr=0.01):
+    return [{"nodeid": "a::b", "records": [{"statistic": "s", "role": "check", "estimate": estimate, "stderr": stderr}]}]
+
+
+def test_baseline_comparison_flags_only_real_shifts():
+    base = {"statistics": {"a::b|s|check": {"estimate": 1.0, "stderr": 0.01}}}
+    assert compare_with_baseline(_tests(1.02), base) == []  # 1.4 combined s.e.
+    assert compare_with_baseline(_tests(1.2), base)  # 14 combined s.e.
+    assert compare_with_baseline(_tests("-inf"), base)
+    det = {"statistics": {"a::b|s|check": {"estimate": 1.0, "stderr": 0.0}}}
+    assert compare_with_baseline(_tests(1.0, 0.0), det) == []
+    assert compare_with_baseline(_tests(1.0 + 1e-6, 0.0), det)
+
+
+def _pytest(tmp, *args):
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "--report-dir", str(tmp / "reports"), *SELECTION, *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_baseline_round_trip(tmp_path):
+    """A baseline written with one seed passes with another seed and fails once a statistic is shifted."""
+    base = tmp_path / "baseline.json"
+    res = _pytest(tmp_path, "--seed", "1", "--write-baseline", str(base))
+    assert res.returncode == 0, res.stdout[-2000:]
+    doc = json.loads((tmp_path / "reports" / "latest" / "verdicts.json").read_text())
+    assert doc["schema_version"] == SCHEMA_VERSION
+    assert doc["claims"]["lyapunov"]["verdict"] == "confirmed"
+    assert doc["claims"]["approx-gates"]["verdict"] == "refuted_as_printed"
+    assert (tmp_path / "reports" / "latest" / "summary.md").read_text().startswith("# Verdicts")
+    assert _pytest(tmp_path, "--seed", "2", "--compare-baseline", str(base)).returncode == 0
+    stats = json.loads(base.read_text())
+    key = next(k for k in stats["statistics"] if k.endswith("E log||Ju|||check"))
+    se = float(stats["statistics"][key]["stderr"])
+    stats["statistics"][key]["estimate"] += 10 * se  # a statistic shifted by 10 standard errors
+    base.write_text(json.dumps(stats))
+    res = _pytest(tmp_path, "--seed", "2", "--compare-baseline", str(base))
+    assert res.returncode != 0 and "BASELINE SHIFT" in res.stdout, res.stdout[-2000:]
