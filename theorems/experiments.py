@@ -35,16 +35,34 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
 
 
+#: Largest number of matrix entries sampled at once (2^25 float64 = 256 MiB): bigger batches are split
+#: into chunks drawn one after the other from the same generator (deterministic).
+MAX_ENTRIES = 2**25
+
+
+def chunks(ens: Ensemble):
+    """The ensemble split into sub-batches of at most MAX_ENTRIES matrix entries each."""
+    size = max(1, MAX_ENTRIES // (ens.width * ens.width))
+    for start in range(0, ens.batch, size):
+        yield ens.with_(batch=min(size, ens.batch - start))
+
+
 def log_norms_at(ens: Ensemble, depths: Sequence[int], gen, device="cpu") -> dict[int, np.ndarray]:
     """log||J_L|| per network at each requested depth L (prefixes of one streamed network)."""
-    at = products_at(ens.factors(gen, device=device), depths)
-    return {d: _np(log_spectral_norm(p)) for d, p in at.items()}
+    parts = []
+    for part in chunks(ens):
+        at = products_at(part.factors(gen, device=device), depths)
+        parts.append({d: _np(log_spectral_norm(p)) for d, p in at.items()})
+    return {d: np.concatenate([p[d] for p in parts]) for d in parts[0]}
 
 
 def log_singular_values_at(ens: Ensemble, depths: Sequence[int], k: int, gen, device="cpu") -> dict[int, np.ndarray]:
     """Top-k log singular values (B, k) at each requested depth."""
-    at = products_at(ens.factors(gen, device=device), depths)
-    return {d: _np(log_singular_values(p, k)) for d, p in at.items()}
+    parts = []
+    for part in chunks(ens):
+        at = products_at(part.factors(gen, device=device), depths)
+        parts.append({d: _np(log_singular_values(p, k)) for d, p in at.items()})
+    return {d: np.concatenate([p[d] for p in parts]) for d in parts[0]}
 
 
 def per_layer_slopes(a: np.ndarray, b: np.ndarray, l1: int, l2: int) -> np.ndarray:
@@ -91,11 +109,13 @@ def coupled_log_norm_gap(ens: Ensemble, gen, device="cpu", *, pruning: Pruning |
         raise ValueError("coupling needs gates independent of the weights (gates='bernoulli' or 'none')")
     from .spectral import jacobian_product
 
-    factors = list(ens.factors(gen, device=device))
-    base = log_spectral_norm(jacobian_product(factors))
-    other = log_spectral_norm(jacobian_product(perturbed(factors, gen, pruning=pruning, eta=eta, sigma2=ens.sigma2)))
-    with np.errstate(invalid="ignore"):
-        return _np(torch.where(torch.isneginf(other), other, other - base))
+    out = []
+    for part in chunks(ens):
+        factors = list(part.factors(gen, device=device))
+        base = log_spectral_norm(jacobian_product(factors))
+        other = log_spectral_norm(jacobian_product(perturbed(factors, gen, pruning=pruning, eta=eta, sigma2=ens.sigma2)))
+        out.append(_np(torch.where(torch.isneginf(other), other, other - base)))
+    return np.concatenate(out)
 
 
 def crossing(xs: Sequence[float], deviation: Sequence[float], theta: float) -> float:

@@ -20,6 +20,7 @@ __all__ = [
     "free_semicircular_product_norm2",
     "lyapunov_exponents",
     "gate_dropout_probability",
+    "resolvable_k",
     "volume_gap",
     "magnitude_pruning_scale",
     "random_pruning_scale",
@@ -114,6 +115,15 @@ def lyapunov_exponents(
         weights = pmf[ok] / pmf[ok].sum()
         out[i - 1] = 0.5 * (math.log(2 * s2 / n) + float(np.dot(weights, special.digamma((m[ok] - i + 1) / 2))))
     return out
+
+
+def resolvable_k(width: int, keep_prob: float, cap: int, *, max_dropout: float = 1e-12) -> int:
+    """The largest k <= cap whose exponents :func:`lyapunov_exponents` accepts (P(m < k) <= max_dropout)."""
+    n, p = check_width(width), check_keep_prob(keep_prob)
+    k = min(check_int("cap", cap), n)
+    while k > 1 and gate_dropout_probability(n, p, k) > max_dropout:
+        k -= 1
+    return k
 
 
 def volume_gap(width: int, k: int) -> float:

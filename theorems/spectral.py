@@ -138,12 +138,14 @@ def log_spectral_norm(prod: LogScaledProduct, method: str = "auto") -> torch.Ten
 
     ``method``: ``"svd"`` (``svdvals``), ``"krylov"`` (:func:`krylov_log_spectral_norm`, relative error
     < 1e-10 verified against svdvals down to depth 1 at width 512-1024), or ``"auto"``: Krylov from width
-    ``KRYLOV_MIN_WIDTH`` on, where a batched SVD costs more than forming the product.  The Krylov start
+    ``KRYLOV_MIN_WIDTH`` on, where a batched SVD costs more than forming the product, and always on CUDA
+    (cuSOLVER's batched SVD is slow and falls back when it fails to converge).  The Krylov start
     block comes from a fixed-seed generator, so results stay deterministic.
     """
     if method not in ("auto", "svd", "krylov"):
         raise ValueError(f"method must be 'auto', 'svd' or 'krylov'; got {method!r}")
-    if method == "krylov" or (method == "auto" and min(prod.matrix.shape[-2:]) >= KRYLOV_MIN_WIDTH):
+    large = min(prod.matrix.shape[-2:]) >= KRYLOV_MIN_WIDTH
+    if method == "krylov" or (method == "auto" and (large or prod.matrix.is_cuda)):
         g = torch.Generator(device=prod.matrix.device)
         g.manual_seed(0x5EED)
         return krylov_log_spectral_norm(prod, g)
