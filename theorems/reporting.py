@@ -272,6 +272,11 @@ def _fmt(x):
     return f"{x:.4g}"
 
 
+def _cell(text: str) -> str:
+    """A markdown table cell: pipes (norms ||J||) escaped, newlines removed."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def render_summary(doc: dict) -> str:
     lines = [
         f"# Verdicts ({doc['run']})", "",
@@ -284,10 +289,13 @@ def render_summary(doc: dict) -> str:
     for cid, c in doc["claims"].items():
         figs = []
         for nid in c["checks"]:
-            for r in tests_by_id[nid]["records"][:1]:
-                figs.append(f"{r['statistic']}: {_fmt(r['estimate'])} vs {_fmt(r['prediction'])}")
-        key = "<br>".join(figs[:3]) or "—"
-        lines.append(f"| `{cid}` | {c['source']} | {c['printed']} | {c['reading']} | **{c['verdict']}** | {key} |")
+            t = tests_by_id[nid]
+            for r in [r for r in t["records"] if r["role"] == "check"][:1]:
+                tag = " (printed, refuted)" if t["outcome"] == "xfailed" else ""
+                figs.append(f"{r['statistic']}: {_fmt(r['estimate'])} vs {_fmt(r['prediction'])}{tag}")
+        key = "<br>".join(figs[:4]) or "no check ran in this run"
+        cells = [f"`{cid}`", c["source"], c["printed"], c["reading"], f"**{c['verdict']}**", key]
+        lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     lines += ["", "## Checks", ""]
     for t in doc["tests"]:
         lines.append(f"### `{t['nodeid']}` — {t['outcome']} ({t['duration']:.2f} s, seed {t['seed']})")

@@ -256,3 +256,50 @@ def test_printed_edge_location(edge_measurement, edge_sizes, verdict):
     n = widths[-1]
     verdict.check(compare("edge-of-stability", "log rho*(n_max) vs log(log^5 n / n)", Estimate(logs[-1], ses[-1], math.inf, 1),
                           math.log(edge_of_stability_density(n)), model_error=math.log(10), sizes=dict(n=n)))
+
+
+# --- property: scaled random pruning is stable at every sparsity with (1-s) n >= 32 -------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from theorems.experiments import perturbed  # noqa: E402
+from theorems.seeding import derive_seed, generator  # noqa: E402
+from theorems.spectral import log_spectral_norm, products_at  # noqa: E402
+from theorems.stats import compare_at_most  # noqa: E402
+
+
+def coupled_slope_deviation(n, s, batch, l1, l2, gen, scale=None, device="cpu"):
+    """Per-network (slope of log||J^B||) - (slope of log||J||) over [L1, L2], same W and gates; pruning scaled
+    by ``scale`` (default (1-s)^-1/2)."""
+    factors = list(Ensemble(n, l2, batch=batch).factors(gen, device=device))
+    base = products_at(factors, [l1, l2])
+    scale = random_pruning_scale(s) if scale is None else scale
+    prun = products_at(perturbed(factors, gen, pruning=Pruning("random", s, scale)), [l1, l2])
+    b = {d: log_spectral_norm(p).cpu().numpy() for d, p in base.items()}
+    q = {d: log_spectral_norm(p).cpu().numpy() for d, p in prun.items()}
+    return per_layer_slopes(q[l1], q[l2], l1, l2) - per_layer_slopes(b[l1], b[l2], l1, l2)
+
+
+@pytest.mark.claim("random-pruning-scaling")
+@settings(max_examples=8)
+@given(n=st.sampled_from([64, 128]), keep_degree=st.floats(32.0, 60.0))
+def test_scaled_random_pruning_is_stable_at_any_sparsity(request, n, keep_degree):
+    """For every sparsity with (1-s) n >= 32, the per-layer rate of the scaled pruned network stays within
+    THETA (the stability threshold of the edge-of-stability check) of the unpruned one: one-sided, the
+    interval's lower end must not exceed THETA.  Seeds derive from the master seed and the example."""
+    s = 1.0 - keep_degree / n
+    seed = derive_seed(request.config.getoption("--seed"), f"{request.node.nodeid}[{n},{keep_degree!r}]")
+    dev = coupled_slope_deviation(n, s, 16, 5, 25, generator(seed))
+    cmp = compare_at_most("random-pruning-scaling", "|Δ per-layer rate| of scaled pruning", mean_estimate(np.abs(dev)),
+                          THETA, sizes=dict(n=n, s=round(s, 4), B=16, L1=5, L2=25), seed=seed)
+    assert cmp.consistent, cmp.message("at most THETA")
+
+
+@pytest.mark.claim("random-pruning-scaling")
+def test_unscaled_pruning_fails_the_same_property(rng, device, verdict):
+    """Negative control of the property above: the same statistic without the (1-s)^-1/2 scale, at
+    (1-s) n = 32 and n = 128 (s = 0.75), is rejected (its rate is off by ½|log(1-s)| = 0.69)."""
+    n, s = 128, 0.75
+    dev = coupled_slope_deviation(n, s, 16, 5, 25, rng, scale=1.0, device=device)
+    verdict.reject(compare_at_most("random-pruning-scaling", "|Δ per-layer rate| unscaled (negative control)",
+                                   mean_estimate(np.abs(dev)), THETA, sizes=dict(n=n, s=s, B=16, L1=5, L2=25)))
