@@ -159,6 +159,8 @@ class ReportPlugin:
                 entry["records"].append(value)
             elif key == "theorems_note" and report.when == "call":
                 entry["notes"].update(value)
+        if report.when == "call" and self.config.option.verbose > 0 and not hasattr(self.config, "workerinput"):
+            self._progress(report)
         outcome = _outcome(report)
         if report.when == "call" or outcome != "passed":
             if report.when != "call" and report.failed:
@@ -172,6 +174,17 @@ class ReportPlugin:
                 entry["message"] = (text + " | " if text else "") + (crash.message if crash else str(report.longrepr)[-500:])
             elif outcome == "skipped":
                 entry["message"] = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+
+    def _progress(self, report):
+        """With -v: one line per check under pytest's own line, with its key figure and sizes."""
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        records = [v for k, v in report.user_properties if k == "theorems" and v.get("role") == "check"]
+        if tr is None or not records:
+            return
+        r = records[0]
+        sizes = ", ".join(f"{k}={v}" for k, v in (r.get("sizes") or {}).items())
+        tr.write_line(f"    {r['statistic']}: {_fmt(r['estimate'])} vs {_fmt(r['prediction'])} "
+                      f"(±{_fmt(r['min_discrepancy'])}; {sizes}; {report.duration:.1f} s)")
 
     def _claim_table(self, tests):
         by_claim = defaultdict(list)
