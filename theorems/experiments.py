@@ -15,7 +15,7 @@ import torch
 from .ensembles import Ensemble, Factor, Pruning, prune_mask
 from .predictions import volume_gap
 from .spectral import log_singular_values, log_spectral_norm, lyapunov_qr, products_at
-from .stats import Estimate, mean_estimate, paired_slope
+from .stats import Estimate, paired_slope
 
 __all__ = [
     "log_norms_at",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from theorems.ensembles import Ensemble, Factor, Pruning, prune_mask, sample_weights
+from theorems.ensembles import Ensemble, Pruning, prune_mask, sample_weights
 from theorems.seeding import generator
 from theorems.spectral import jacobian_product, krylov_log_spectral_norm, log_spectral_norm, lyapunov_qr
 

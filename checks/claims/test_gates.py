@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from theorems.ensembles import Ensemble
-from theorems.seeding import generator
 from theorems.stats import (
     binomial_pvalue,
     chi2_independence_pvalue,

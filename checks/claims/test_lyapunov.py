@@ -18,7 +18,7 @@ from theorems.spectral import (
     suffix_products,
     top_left_singular_vectors,
 )
-from theorems.stats import Estimate, compare, extrapolate, fit_slope, mean_estimate
+from theorems.stats import compare, extrapolate, mean_estimate
 
 SIGMA_SHIFT = 0.5 * math.log(1.03)  # negative control: the formula with sigma2 off by 3% shifts every gamma_k by this
 

@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -11,7 +10,6 @@ from theorems.ensembles import Ensemble, Factor, Pruning, haar_frame
 from theorems.predictions import free_log_rate, lyapunov_exponents
 from theorems.seeding import generator
 from theorems.spectral import (
-    iterate_products,
     jacobian_product,
     krylov_log_spectral_norm,
     log_norm_of_image,
