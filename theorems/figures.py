@@ -42,9 +42,15 @@ def _caption(fig, text):
 
 
 def _slope_line(ax, x, samples, slope, color, anchor=3):
-    """A dashed line of the predicted slope through the measured mean at x[anchor]."""
-    y0 = float(np.mean(samples[anchor][np.isfinite(samples[anchor])])) if np.isfinite(samples[anchor]).any() else 0.0
-    ax.plot(x, [y0 + slope * (v - x[anchor]) for v in x], "--", color=color, lw=0.8)
+    """A dashed line of the predicted slope through the measured mean at x[anchor], drawn over the depths
+    where every network is finite (a collapse ends it)."""
+    finite = [bool(np.isfinite(v).all()) for v in samples]
+    last = finite.index(False) if False in finite else len(x)
+    anchor = min(anchor, last - 1)
+    if anchor < 0:
+        return
+    y0 = float(np.mean(samples[anchor]))
+    ax.plot(x[:last], [y0 + slope * (v - x[anchor]) for v in x[:last]], "--", color=color, lw=0.8)
 
 
 def _band(ax, x, samples, label, **kw):
@@ -101,7 +107,8 @@ def fig_random_pruning(out, sizes, seed, device):
     ax[1].set(xlabel="depth L", ylabel="log ||J||", title="scaled by (1-s)^(-1/2)")
     for a in ax:
         a.legend(fontsize=7)
-    _caption(fig, f"ReLU MLP, width n={n}, {b} networks per point, σ²=2; seed {seed}. -inf (collapse) points are not drawn.")
+    _caption(fig, f"ReLU MLP, width n={n}, {b} networks per point, σ²=2; seed {seed}. s=0.99 ((1-s)n = {0.01 * n:.1f}) is "
+                  "below the edge of stability: networks collapse (J = 0, log = -inf, not drawn) within a few layers.")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(out / "random_pruning.png", dpi=110)
     plt.close(fig)
