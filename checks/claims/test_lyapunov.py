@@ -43,7 +43,7 @@ def test_qr_exponents_match_closed_form(n, p, sigma2, gates, profile, rng, devic
     (closed form 2), i = 1..k; model error 0: every increment is unbiased at every depth (Haar frames,
     Bartlett decomposition), also for ReLU MLPs with p = 1/2 (reflection argument).  Level Bonferroni over k.
     Negative control: the formula with σ² off by 3% (a shift of ½ log 1.03 = 0.0148) is rejected."""
-    k = resolvable_k(n, p, profile.pick(4, 16))
+    k = resolvable_k(n, p, profile.pick(4, 64))  # full: up to the top 64 (Haas Fig. 3) where the dropout rule allows
     depth, batch = profile.pick((60, 48), (200, 64))
     ens = Ensemble(n, depth, sigma2=sigma2, gates=gates, keep_prob=p if gates == "bernoulli" else 0.5, batch=batch)
     est = qr_exponents(ens, k, rng, device)
