@@ -15,7 +15,7 @@ import torch
 from .ensembles import Ensemble, Factor, Pruning, prune_mask
 from .predictions import volume_gap
 from .spectral import log_singular_values, log_spectral_norm, lyapunov_qr, products_at
-from .stats import Estimate, paired_slope
+from .stats import Estimate, paired_slope, per_layer_slopes
 
 __all__ = [
     "log_norms_at",
@@ -63,13 +63,6 @@ def log_singular_values_at(ens: Ensemble, depths: Sequence[int], k: int, gen, de
         at = products_at(part.factors(gen, device=device), depths)
         parts.append({d: _np(log_singular_values(p, k)) for d, p in at.items()})
     return {d: np.concatenate([p[d] for p in parts]) for d in parts[0]}
-
-
-def per_layer_slopes(a: np.ndarray, b: np.ndarray, l1: int, l2: int) -> np.ndarray:
-    """Per-network ``(X(L2) - X(L1)) / (L2 - L1)``; a collapse at L2 gives -inf (never NaN)."""
-    with np.errstate(invalid="ignore"):
-        s = (b - a) / (l2 - l1)
-    return np.where(np.isneginf(b), -np.inf, s)
 
 
 def depth_slope(ens: Ensemble, l1: int, l2: int, gen, device="cpu") -> Estimate:

@@ -89,7 +89,8 @@ def _jsonable(x):
 
 
 def _float(x):
-    return float(x) if not isinstance(x, str) else float(x.replace("inf", "inf"))
+    """Numbers as stored in verdicts.json (non-finite ones as the strings 'inf', '-inf')."""
+    return float(x)
 
 
 def claim_verdict(tests: list[dict]) -> str:

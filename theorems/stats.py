@@ -30,6 +30,7 @@ __all__ = [
     "Comparison",
     "mean_estimate",
     "median_estimate",
+    "per_layer_slopes",
     "paired_slope",
     "extrapolate",
     "fit_slope",
@@ -107,8 +108,8 @@ def median_estimate(sample) -> Estimate:
     return Estimate(med, half / z, math.inf, n)
 
 
-def paired_slope(values_at_l1, values_at_l2, l1: int, l2: int) -> Estimate:
-    """Per-layer slope ``E[(X(L2) - X(L1))] / (L2 - L1)`` from paired per-network values."""
+def per_layer_slopes(values_at_l1, values_at_l2, l1: int, l2: int) -> np.ndarray:
+    """Per-network ``(X(L2) - X(L1)) / (L2 - L1)``; a collapse at L2 gives -inf (never NaN)."""
     a, b = _as_array(values_at_l1), _as_array(values_at_l2)
     if a.shape != b.shape:
         raise ValueError("paired samples must have equal sizes")
@@ -116,8 +117,12 @@ def paired_slope(values_at_l1, values_at_l2, l1: int, l2: int) -> Estimate:
         raise ValueError(f"l2 must exceed l1; got l1={l1}, l2={l2}")
     with np.errstate(invalid="ignore"):
         diff = (b - a) / (l2 - l1)
-    diff = np.where(np.isneginf(b), -np.inf, diff)
-    return mean_estimate(diff)
+    return np.where(np.isneginf(b), -np.inf, diff)
+
+
+def paired_slope(values_at_l1, values_at_l2, l1: int, l2: int) -> Estimate:
+    """Per-layer slope ``E[(X(L2) - X(L1))] / (L2 - L1)`` from paired per-network values."""
+    return mean_estimate(per_layer_slopes(values_at_l1, values_at_l2, l1, l2))
 
 
 def extrapolate(xs, values, stderrs, power: float = 1.0) -> tuple[Estimate, Estimate, float]:
