@@ -96,8 +96,8 @@ def iterate_products(factors: Iterable[Factor], *, renorm_every: int = 1) -> Ite
 def jacobian_product(factors: Iterable[Factor], *, renorm_every: int = 4) -> LogScaledProduct:
     """The full product ``J = F_L ... F_1`` in log-scaled form (renormalised every 4 layers and at the end)."""
     last = None
-    for last in iterate_products(factors, renorm_every=renorm_every):
-        pass
+    for product in iterate_products(factors, renorm_every=renorm_every):
+        last = product
     if last is not None and last.depth % renorm_every:
         matrix, log_scale = _renormalise(last.matrix, last.log_scale)
         last = LogScaledProduct(matrix, log_scale, last.depth)

@@ -34,6 +34,7 @@ __all__ = [
     "paired_slope",
     "extrapolate",
     "fit_slope",
+    "log_factor_allowance",
     "compare",
     "assert_consistent",
     "assert_rejects",
@@ -160,6 +161,28 @@ def fit_slope(xs, values, stderrs=None) -> Estimate:
         return Estimate(float(res.slope), float(res.stderr), x.size - 2, x.size)
     popt, pcov = optimize.curve_fit(lambda x, a, b: a + b * x, x, y, sigma=_as_array(stderrs), absolute_sigma=True)
     return Estimate(float(popt[1]), float(math.sqrt(pcov[1, 1])), math.inf, x.size)
+
+
+def log_factor_allowance(xs, power: float = 1.0, stderrs=None) -> float:
+    """Model error of a log-log exponent fit for a hidden factor ``log(x)^b`` with ``|b| <= power``.
+
+    A tilde-rate (Θ̃, or "up to logs") hides factors ``log(x)^b``; fitting ``log y`` against ``log x``
+    over the design points ``xs`` turns such a factor into an additive slope error of exactly
+    ``b * slope(log log x on log x)`` (the (weighted) least-squares slope is linear in the data), so the
+    allowance is that slope times ``power``, for the same points and weights :func:`fit_slope` uses.
+    Requires every x > 1.
+    """
+    x = _as_array(xs)
+    if np.any(x <= 1):
+        raise ValueError(f"log factors need every x > 1; got {x.tolist()}")
+    power = float(power)
+    if not (math.isfinite(power) and power >= 0):
+        raise ValueError(f"power must be finite and >= 0; got {power}")
+    u, v = np.log(x), np.log(np.log(x))
+    w = np.ones_like(u) if stderrs is None else 1.0 / _as_array(stderrs) ** 2
+    ub = np.average(u, weights=w)
+    slope = np.sum(w * (u - ub) * v) / np.sum(w * (u - ub) ** 2)
+    return power * abs(float(slope))
 
 
 @dataclass
@@ -290,12 +313,12 @@ def significance_test(claim: str, statistic: str, pvalue: float, *, n: int, size
 
 
 def compare_at_most(claim: str, statistic: str, estimate: Estimate, bound: float, *, model_error: float = 0.0,
-                    sizes: dict | None = None, seed: int | None = None, note: str = "") -> Comparison:
+                    sizes: dict | None = None, seed: int | None = None, note: str = "", family: int = 1) -> Comparison:
     """One-sided comparison: consistent iff the estimate is not significantly above ``bound`` (the lower end of
     its interval, less the model error, is at most the bound).  ``verdict.reject`` of it asserts the
     estimate is significantly above the bound."""
     cmp = compare(claim, statistic, estimate, bound, model_error=model_error, sizes=sizes, seed=seed,
-                  note=note or "one-sided: estimate <= prediction")
+                  note=note or "one-sided: estimate <= prediction", family=family)
     cmp.kind = "upper"
     return cmp
 

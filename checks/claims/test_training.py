@@ -10,7 +10,8 @@ from hypothesis import given, strategies as st
 
 from theorems.ensembles import Ensemble, sample_weights
 from theorems.seeding import generator
-from theorems.stats import Estimate, compare, compare_at_most, fit_slope, mean_estimate, significance_test
+from theorems.stats import (Estimate, compare, compare_at_most, fit_slope, log_factor_allowance, mean_estimate,
+                            significance_test)
 from theorems.training import balance_defects, mlp_factors, train_masked_linear, train_mlp
 
 
@@ -28,6 +29,11 @@ def max_log_norm_change(n, L, lr, steps, batch, rng, device, samples=1):
     return np.abs(run.log_norm - run.log_norm[0]).max(axis=0), run
 
 
+def max_abs_norm_change(run) -> np.ndarray:
+    """Per-network max_t | ||J^t|| - ||J^0|| | (the printed statistic of Thm 2)."""
+    return np.abs(np.exp(run.log_norm) - np.exp(run.log_norm[0])).max(axis=0)
+
+
 def log_mean_estimate(values) -> Estimate:
     """log E[X] with a delta-method standard error."""
     m = mean_estimate(values)
@@ -38,19 +44,38 @@ def log_mean_estimate(values) -> Estimate:
 
 @pytest.mark.claim("training-stability")
 def test_change_stays_bounded_in_depth(profile, rng, device, verdict):
-    """lr = c/(n L^3), a fixed number of steps: statistic: slope of log E[max_t |Δ log||J^t|||] in log L;
-    prediction: at most 0 (bounded in L; one-sided).  Negative control: lr = c/n (no depth scaling) makes the
-    change grow with L, and the same one-sided comparison rejects."""
-    n, depths, steps, batch, c = profile.pick((32, (2, 4, 8, 16), 20, 24, 4.0), (128, (4, 8, 16, 32, 64), 50, 32, 4.0))
+    """Thm 2: lr = c/(n L^3), a fixed number of steps, ``||J^t|| - ||J^0|| = Θ̃_L(1)`` (n -> inf first).
+
+    Statistic: exponent in L of E max_t |Δ log||J^t||| (weighted fit of log E[.] on log L).  Prediction: at
+    most 0 (bounded in L), one-sided, with model error :func:`log_factor_allowance` for the log factors Θ̃
+    hides (|b| <= 1 in log(L)^b).  Negative control: lr = c/(16 n) (no depth scaling) makes the change grow
+    like L^1 and the same comparison rejects.
+
+    The printed statistic, E max_t | ||J^t|| - ||J^0|| |, is recorded, not asserted: it carries the growth of
+    ||J^0|| itself, which at finite n depends on L/n (exponent ≈ 0.2 at n = 32, L <= 32, but ≈ 0.66, CI
+    [0.38, 0.94], at n = 128, L <= 64 against 0.93 for the negative control), so its verdict at reachable
+    sizes is inconclusive; the scale-free log change is the reading that separates the two learning rates."""
+    n, depths, steps, batch, c = profile.pick((32, (4, 8, 16, 32), 20, 128, 4.0),
+                                              (128, (4, 8, 16, 32, 64), 50, 32, 4.0))
     sizes = dict(n=n, depths=list(depths), steps=steps, B=batch, c=c)
-    scaled = [log_mean_estimate(max_log_norm_change(n, L, c / (n * L**3), steps, batch, rng, device)[0]) for L in depths]
-    slope = fit_slope(np.log(depths), [e.value for e in scaled], [e.stderr for e in scaled])
-    verdict.check(compare_at_most("training-stability", "slope of log E max|Δlog||J||| in log L (lr = c/(nL^3))",
-                                  slope, 0.0, sizes=sizes))
-    unscaled = [log_mean_estimate(max_log_norm_change(n, L, c / (16 * n), steps, batch, rng, device)[0]) for L in depths]
-    slope_u = fit_slope(np.log(depths), [e.value for e in unscaled], [e.stderr for e in unscaled])
-    verdict.reject(compare_at_most("training-stability", "same slope with lr = c/(16n) (negative control)", slope_u,
-                                   0.0, sizes=sizes))
+    allowance = log_factor_allowance(depths)
+
+    def exponents(lr_at):
+        runs = [max_log_norm_change(n, L, lr_at(L), steps, batch, rng, device)[1] for L in depths]
+        logs = [log_mean_estimate(np.abs(run.log_norm - run.log_norm[0]).max(axis=0)) for run in runs]
+        absolute = [log_mean_estimate(max_abs_norm_change(run)) for run in runs]
+        return [fit_slope(np.log(depths), [e.value for e in es], [e.stderr for e in es]) for es in (logs, absolute)]
+
+    logs, absolute = exponents(lambda L: c / (n * L**3))
+    verdict.check(compare_at_most("training-stability", "exponent in L of E max|Δ log||J|||, lr = c/(nL^3)", logs, 0.0,
+                                  model_error=allowance, sizes=sizes))
+    verdict.record(compare_at_most("training-stability", "exponent in L of E max|Δ||J||| (printed), lr = c/(nL^3)",
+                                   absolute, 0.0, model_error=allowance, sizes=sizes))
+    logs_u, absolute_u = exponents(lambda L: c / (16 * n))
+    verdict.reject(compare_at_most("training-stability", "exponent in L of E max|Δ log||J|||, lr = c/(16n) "
+                                   "(negative control)", logs_u, 0.0, model_error=allowance, sizes=sizes))
+    verdict.record(compare_at_most("training-stability", "exponent in L of E max|Δ||J||| (printed), lr = c/(16n)",
+                                   absolute_u, 0.0, model_error=allowance, sizes=sizes))
 
 
 # --- stagnation-phase (Thm 3) ----------------------------------------------------------------------
@@ -59,7 +84,7 @@ def test_change_stays_bounded_in_depth(profile, rng, device, verdict):
 def test_change_over_horizon_shrinks_with_width(profile, rng, device, verdict):
     """lr = c/(n log^1.5 n), horizon kappa/(n log^1.5(n) lr) = kappa/c steps.  Statistic: exponent of
     E max_t|Δ log||J^t||| in n; prediction: the first-order rate lr * steps * L ∝ 1/(n log^1.5 n), local
-    exponent -(1 + 1.5/log n); model error 0.25 (unknown log factors).  Negative control: a feature-learning
+    exponent -(1 + 1.5/log n); model error :func:`log_factor_allowance` (unknown log factors, |b| <= 1).  Negative control: a feature-learning
     lr = c'/n over its own horizon (∝ n steps) does not shrink, and the same comparison rejects."""
     widths, L, batch, c, kappa = profile.pick(((32, 64, 128), 6, 32, 1.0, 10.0), ((64, 128, 256, 512), 10, 32, 1.0, 10.0))
     steps = int(kappa / c)
@@ -69,11 +94,13 @@ def test_change_over_horizon_shrinks_with_width(profile, rng, device, verdict):
     stag = [log_mean_estimate(max_log_norm_change(n, L, c / (n * math.log(n) ** 1.5), steps, batch, rng, device)[0])
             for n in widths]
     slope = fit_slope(np.log(widths), [e.value for e in stag], [e.stderr for e in stag])
-    verdict.check(compare("stagnation-phase", "exponent of max change in n", slope, rate, model_error=0.25, sizes=sizes))
+    allowance = log_factor_allowance(widths)
+    verdict.check(compare("stagnation-phase", "exponent of max change in n", slope, rate, model_error=allowance,
+                          sizes=sizes))
     fl = [log_mean_estimate(max_log_norm_change(n, L, 0.5 / n, n // 4, batch, rng, device)[0]) for n in widths]
     slope_fl = fit_slope(np.log(widths), [e.value for e in fl], [e.stderr for e in fl])
     verdict.reject(compare("stagnation-phase", "exponent with lr = 1/(2n), n/4 steps (negative control)", slope_fl,
-                           rate, model_error=0.25, sizes=sizes))
+                           rate, model_error=allowance, sizes=sizes))
 
 
 # --- toy-descent (Thm 4, App. D) -------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_edge_matches_moment_growth(L, p):
 def test_edge_is_the_critical_value_of_chi():
     """1/lambda_max = max_z chi(z), found by a bounded scalar optimisation."""
     for L, p, s2 in [(2, 0.5, 2.0), (7, 0.3, 1.0), (30, 0.5, 2.0)]:
-        res = optimize.minimize_scalar(lambda z: -z / ((1 + z) * (s2 * (p + z)) ** L), bounds=(1e-9, 10),
+        res = optimize.minimize_scalar(lambda z, L=L, p=p, s2=s2: -z / ((1 + z) * (s2 * (p + z)) ** L), bounds=(1e-9, 10),
                                        method="bounded", options=dict(xatol=1e-12))
         assert 1 / -res.fun == pytest.approx(P.masked_product_edge(L, p, s2), rel=1e-8)
 
@@ -138,7 +138,7 @@ def test_magnitude_scale_matches_beta_order_statistics(n, s):
     """The one-integral form against the printed sum of r Beta expectations (quadrature, 1e-9 relative)."""
     N = n * n
     r = int(round((1 - s) * N))
-    total = sum(integrate.quad(lambda b: stats.chi2.ppf(1 - b, 1) * stats.beta.pdf(b, j, N - j + 1), 0, 1,
+    total = sum(integrate.quad(lambda b, j=j: stats.chi2.ppf(1 - b, 1) * stats.beta.pdf(b, j, N - j + 1), 0, 1,
                                limit=200, epsabs=1e-14)[0] for j in range(1, r + 1))
     assert P.magnitude_pruning_scale(n, s) == pytest.approx((total / N) ** -0.5, rel=1e-9)
 
