@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 
@@ -19,7 +21,8 @@ from .ensembles import Factor
 from .spectral import jacobian_product, log_spectral_norm
 from .validation import check_int, check_real
 
-__all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects"]
+__all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects",
+           "regression_data", "stable_learning_rate", "masked_linear_loss"]
 
 
 @dataclass
@@ -76,6 +79,13 @@ def _masked_product(ws, gates):
     return j
 
 
+def masked_linear_loss(weights, gates, x, y) -> torch.Tensor:
+    """Per-network loss ``(2n)^-1 ||J X - Y||_F^2`` of the masked linear network (B,)."""
+    with torch.no_grad():
+        j = _masked_product(weights, gates)
+        return ((j @ x - y) ** 2).sum(dim=(-2, -1)) / (2 * x.shape[-2])
+
+
 def balance_defects(ws, gates):
     """``C_l = M_{l+1}^T M_{l+1} - M_l M_l^T`` for l = 1..L-1, with ``M_l = D_l W_l D_{l-1}`` (D_0 = D_L = I)."""
     L = len(ws)
@@ -85,11 +95,49 @@ def balance_defects(ws, gates):
     return [ms[l + 1].mT @ ms[l + 1] - ms[l] @ ms[l].mT for l in range(L - 1)]
 
 
-def train_masked_linear(weights, gates, x, y, lr: float, steps: int):
-    """GD on a masked linear network; returns the final weights (list of (B, n, n))."""
-    lr = check_real("lr", lr, low=0.0, low_open=True)
+def _learning_rates(lr, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """A scalar lr or one per network, validated, as a (B, 1, 1) tensor."""
+    if isinstance(lr, torch.Tensor) or isinstance(lr, np.ndarray):
+        lr = torch.as_tensor(lr, dtype=like.dtype, device=like.device).reshape(-1)
+        if lr.numel() != batch or not bool(torch.isfinite(lr).all()) or bool((lr <= 0).any()):
+            raise ValueError(f"lr must be a finite positive number or {batch} of them (one per network); got {lr}")
+        return lr.reshape(batch, 1, 1)
+    return torch.full((batch, 1, 1), check_real("lr", lr, low=0.0, low_open=True), dtype=like.dtype, device=like.device)
+
+
+def stable_learning_rate(weights, gates, x, fraction: float = 0.5) -> torch.Tensor:
+    """Per-network GD step ``fraction * 2 / kappa`` for the masked linear network, loss (2n)^-1||J X - Y||².
+
+    One GD step moves J by ``-lr * sum_l P_l R Q_l`` with ``R = (J X - Y) X^T / n``, ``P_l = A_l A_l^T`` (the
+    factors after layer l) and ``Q_l = B_l^T B_l`` (the factors before it), so on J the step is a linear map of
+    norm at most ``kappa = sum_l ||A_l||² ||B_l||² ||X X^T|| / n``; GD is stable for lr < 2/kappa.  Deep
+    products fluctuate a lot from network to network (log-normally), so one lr for all would be unstable for a
+    few and frozen for the rest; this gives each network the same fraction of its own bound at init.
+    """
+    fraction = check_real("fraction", fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    n = x.shape[-2]
+    eye = torch.eye(n, dtype=weights[0].dtype, device=weights[0].device).expand_as(weights[0])
+    masked = [weights[0]] + [w * d.unsqueeze(-2) for w, d in zip(weights[1:], gates)]
+    prefix = [eye]  # B_l = F_{l-1} ... F_1
+    for f in masked[:-1]:
+        prefix.append(f @ prefix[-1])
+    suffix = [eye]  # A_l = F_L ... F_{l+1}
+    for f in reversed(masked[1:]):
+        suffix.append(suffix[-1] @ f)
+    suffix.reverse()
+    kappa = sum(torch.linalg.matrix_norm(a, ord=2) ** 2 * torch.linalg.matrix_norm(b, ord=2) ** 2
+                for a, b in zip(suffix, prefix))
+    kappa = kappa * torch.linalg.matrix_norm(x @ x.mT, ord=2) / n
+    return fraction * 2.0 / kappa
+
+
+def train_masked_linear(weights, gates, x, y, lr, steps: int):
+    """GD on a masked linear network; returns the final weights (list of (B, n, n)).
+
+    ``lr``: one learning rate, or one per network (e.g. from :func:`stable_learning_rate`)."""
     steps = check_int("steps", steps, minimum=0)
     n = x.shape[-2]
+    rates = _learning_rates(lr, weights[0].shape[0], weights[0])
     ws = [w.detach().clone().requires_grad_(True) for w in weights]
     for _ in range(steps):
         j = _masked_product(ws, gates)
@@ -97,5 +145,36 @@ def train_masked_linear(weights, gates, x, y, lr: float, steps: int):
         grads = torch.autograd.grad(loss, ws)
         with torch.no_grad():
             for w, g in zip(ws, grads):
-                w -= lr * g
+                w -= rates * g
     return [w.detach() for w in ws]
+
+
+def regression_data(kind: str, batch: int, samples: int, n: int, rng, device="cpu"):
+    """Inputs x (B, N, n) and targets z (B, N, n).
+
+    ``synthetic``: Gaussian inputs, targets a fixed random linear map of rank 4 (one map per network).
+    ``digits``: scikit-learn's shipped 8x8 digits (64 pixels = the width, standardised), targets the one-hot
+    class in the first 10 coordinates scaled to unit row norm times sqrt(n/10); a random subset per network.
+    """
+    if kind not in ("synthetic", "digits"):
+        raise ValueError(f"kind must be 'synthetic' or 'digits'; got {kind!r}")
+    batch = check_int("batch", batch, minimum=1)
+    samples = check_int("samples", samples, minimum=1)
+    n = check_int("n", n, minimum=1)
+    if kind == "synthetic":
+        x = torch.randn(batch, samples, n, generator=rng, device=device, dtype=torch.float64)
+        a = torch.randn(batch, n, 4, generator=rng, device=device, dtype=torch.float64) @ \
+            torch.randn(batch, 4, n, generator=rng, device=device, dtype=torch.float64) / n
+        return x, x @ a.mT
+    from sklearn.datasets import load_digits  # ships with scikit-learn: no download
+
+    digits = load_digits()
+    if n != digits.data.shape[1]:
+        raise ValueError(f"n must be {digits.data.shape[1]} for the digits data; got {n}")
+    data = torch.as_tensor(digits.data, dtype=torch.float64)
+    data = (data - data.mean(0)) / (data.std(0) + 1e-9)
+    onehot = torch.zeros(len(digits.target), n, dtype=torch.float64)
+    onehot[torch.arange(len(digits.target)), torch.as_tensor(digits.target)] = math.sqrt(n / 10)
+    idx = torch.stack([torch.randperm(len(data), generator=torch.Generator().manual_seed(int(torch.randint(
+        2**31, (1,), generator=rng, device=device).item())))[:samples] for _ in range(batch)])
+    return data[idx].to(device), onehot[idx].to(device)

@@ -12,7 +12,7 @@ from theorems.ensembles import Ensemble, sample_weights
 from theorems.seeding import generator
 from theorems.stats import (Estimate, compare, compare_at_most, fit_slope, log_factor_allowance, mean_estimate,
                             significance_test)
-from theorems.training import balance_defects, mlp_factors, train_masked_linear, train_mlp
+from theorems.training import balance_defects, mlp_factors, regression_data, train_masked_linear, train_mlp
 
 
 def _data(batch, samples, n, rng, device):
@@ -197,32 +197,6 @@ def test_printed_main_text_says_larger(toy_sample, verdict):
 
 
 # --- descent-convergence (§4.3, Fig. 2) ------------------------------------------------------------
-
-def regression_data(kind, batch, samples, n, rng, device):
-    """Inputs x (B, N, n) and targets z (B, N, n).
-
-    ``synthetic``: Gaussian inputs, targets a fixed random linear map of rank 4 (one map per network).
-    ``digits``: scikit-learn's shipped 8x8 digits (64 pixels = the width, standardised), targets the one-hot
-    class in the first 10 coordinates scaled to unit row norm times sqrt(n/10); a random subset per network.
-    """
-    if kind == "synthetic":
-        x = torch.randn(batch, samples, n, generator=rng, device=device, dtype=torch.float64)
-        a = torch.randn(batch, n, 4, generator=rng, device=device, dtype=torch.float64) @ \
-            torch.randn(batch, 4, n, generator=rng, device=device, dtype=torch.float64) / n
-        return x, x @ a.mT
-    from sklearn.datasets import load_digits  # ships with scikit-learn: no download
-
-    digits = load_digits()
-    if n != digits.data.shape[1]:
-        raise ValueError(f"n must be {digits.data.shape[1]} for the digits data; got {n}")
-    data = torch.as_tensor(digits.data, dtype=torch.float64)
-    data = (data - data.mean(0)) / (data.std(0) + 1e-9)
-    onehot = torch.zeros(len(digits.target), n, dtype=torch.float64)
-    onehot[torch.arange(len(digits.target)), torch.as_tensor(digits.target)] = math.sqrt(n / 10)
-    idx = torch.stack([torch.randperm(len(data), generator=torch.Generator().manual_seed(int(torch.randint(
-        2**31, (1,), generator=rng, device=device).item())))[:samples] for _ in range(batch)])
-    return data[idx].to(device), onehot[idx].to(device)
-
 
 @pytest.mark.claim("descent-convergence")
 @pytest.mark.parametrize("data", ["synthetic", "digits"])
