@@ -14,7 +14,7 @@ from theorems.stats import compare, fit_slope, log_factor_allowance, mean_estima
 
 THETA = 0.05  # 'broken': per-layer log-norm rate off by 0.05 (a factor e^±5 over 100 layers) or a collapse
 C_GRID = (0.25, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)  # eta * sqrt(n)
-SIZES = (((12, 24, 48, 96, 192), 64, 3, 23), ((32, 64, 128, 256, 512, 1024), 96, 5, 45))  # quick, full: widths, B, L1, L2
+SIZES = (((12, 24, 48, 96, 192), 64, 3, 23), ((32, 64, 128, 256, 512), 96, 5, 45))  # quick, full: widths, B, L1, L2
 
 
 def threshold(gates, n, batch, l1, l2, rng, device, seed):

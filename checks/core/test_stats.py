@@ -16,6 +16,7 @@ from theorems.stats import (
     compare,
     extrapolate,
     fit_slope,
+    log_factor_allowance,
     mean_estimate,
     median_estimate,
     paired_slope,
@@ -111,6 +112,22 @@ def test_fit_slope_recovers_known_slopes(seed):
     assert lo <= 0.3 <= hi and hi - lo < 0.05
     s = fit_slope(x, 0.3 * x, stderrs=np.full(10, 0.01))
     assert s.value == pytest.approx(0.3)
+
+
+def test_log_factor_allowance_is_the_exact_slope_error_of_a_log_factor():
+    """A hidden factor log(x)^b moves the fitted exponent by exactly b * allowance(power=1), for the same points
+    and weights; |b| <= power is absorbed, a larger power is not."""
+    x = np.array([16.0, 32.0, 64.0, 128.0, 256.0])
+    w = np.array([0.1, 0.2, 0.1, 0.3, 0.2])
+    for b in (-1.0, 0.5, 1.0):
+        y = -1.0 * np.log(x) + b * np.log(np.log(x))
+        assert fit_slope(np.log(x), y, w).value == pytest.approx(-1.0 + b * log_factor_allowance(x, stderrs=w))
+    assert 0.2 < log_factor_allowance(x) < 0.3  # about 1 / log n at these widths
+    assert log_factor_allowance(x, 2.0) == pytest.approx(2 * log_factor_allowance(x))
+    with pytest.raises(ValueError, match="x > 1"):
+        log_factor_allowance([1.0, 2.0, 4.0])
+    with pytest.raises(ValueError, match="power"):
+        log_factor_allowance(x, math.nan)
 
 
 def test_classical_tests_have_size_and_power(seed):

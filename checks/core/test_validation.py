@@ -85,3 +85,41 @@ def test_validation_happens_before_work(monkeypatch):
     with pytest.raises(ValueError):
         Ensemble(8, 3, sigma2=0)
     assert not calls
+
+
+def test_training_helpers_reject_bad_input(rng):
+    from theorems.experiments import alignment_profile
+    from theorems.training import regression_data, stable_learning_rate, train_masked_linear
+
+    with pytest.raises(ValueError, match="kind"):
+        regression_data("mnist", 2, 4, 8, rng)
+    with pytest.raises(ValueError, match="n must be 64"):
+        regression_data("digits", 2, 4, 8, rng)
+    factors = list(Ensemble(8, 4, gates="bernoulli", batch=2, input_gate=False).factors(rng))
+    ws, gates = [f.weight for f in factors], [f.gate for f in factors[1:]]
+    x = torch.randn(2, 8, 16, generator=rng, dtype=torch.float64)
+    with pytest.raises(ValueError, match="fraction"):
+        stable_learning_rate(ws, gates, x, 1.5)
+    with pytest.raises(ValueError, match="lr"):
+        train_masked_linear(ws, gates, x, x, torch.tensor([0.1, -0.1]), 1)
+    with pytest.raises(ValueError, match="lr"):
+        train_masked_linear(ws, gates, x, x, math.nan, 1)
+    with pytest.raises(ValueError, match="lengths"):
+        alignment_profile(factors, [2, 4], 1)
+
+
+def test_stable_learning_rate_keeps_gd_stable_where_ten_times_it_diverges(rng):
+    """Each network's step from :func:`stable_learning_rate` decreases its loss; 1000x that step blows up
+    some network: the bound is conservative (a norm bound: typically 10-100x below the true edge) but not
+    vacuous."""
+    from theorems.training import masked_linear_loss, regression_data, stable_learning_rate, train_masked_linear
+
+    factors = list(Ensemble(16, 20, gates="bernoulli", batch=8, input_gate=False).factors(rng))
+    ws, gates = [f.weight for f in factors], [f.gate for f in factors[1:]]
+    x, z = regression_data("synthetic", 8, 32, 16, rng)
+    x, z = x.mT / math.sqrt(32), z.mT / math.sqrt(32)
+    lr = stable_learning_rate(ws, gates, x, 0.9)
+    before = masked_linear_loss(ws, gates, x, z)
+    assert bool((masked_linear_loss(train_masked_linear(ws, gates, x, z, lr, 50), gates, x, z) < before).all())
+    blown = masked_linear_loss(train_masked_linear(ws, gates, x, z, 1000 * lr, 50), gates, x, z)
+    assert not bool((blown < before).all())
