@@ -49,10 +49,11 @@ def mlp_factors(weights, x0):
 
 
 def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_ref=None) -> TrainingRun:
-    """Full-batch GD on hidden weights (list of (B, n, n)) for inputs x (B, N, n), targets z (B, N, n)."""
-    lr = check_real("lr", lr, low=0.0, low_open=True)
+    """Full-batch GD on hidden weights (list of (B, n, n)) for inputs x (B, N, n), targets z (B, N, n);
+    ``lr``: one learning rate, or one per network."""
     steps = check_int("steps", steps, minimum=0)
     n = x.shape[-1]
+    rates = _learning_rates(lr, weights[0].shape[0], weights[0])
     ws = [w.detach().clone().requires_grad_(True) for w in weights]
     x_ref = x[:, 0] if x_ref is None else x_ref
     rec_steps, norms, losses = [], [], []
@@ -68,7 +69,7 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
         grads = torch.autograd.grad(per_net.sum(), ws)
         with torch.no_grad():
             for w, g in zip(ws, grads):
-                w -= lr * g
+                w -= rates * g
     return TrainingRun(np.array(rec_steps), np.array(norms), np.array(losses), [w.detach() for w in ws])
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import assume, find, given, strategies as st
 
-from theorems.ensembles import Ensemble, Factor, haar_frame
+from theorems.ensembles import Ensemble, Factor, haar_frame, sample_weights
 from theorems.experiments import alignment_profile, alignment_rates, log_singular_values_at, qr_exponents
 from theorems.predictions import free_log_rate, lyapunov_exponents, resolvable_k
 from theorems.seeding import generator
@@ -18,7 +18,14 @@ from theorems.spectral import (
     top_left_singular_vectors,
 )
 from theorems.stats import compare, extrapolate, mean_estimate
-from theorems.training import masked_linear_loss, regression_data, stable_learning_rate, train_masked_linear
+from theorems.training import (
+    masked_linear_loss,
+    mlp_factors,
+    regression_data,
+    stable_learning_rate,
+    train_masked_linear,
+    train_mlp,
+)
 
 SIGMA_SHIFT = 0.5 * math.log(1.03)  # negative control: the formula with sigma2 off by 3% shifts every gamma_k by this
 
@@ -229,32 +236,46 @@ def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng
 
 
 @pytest.mark.claim("alignment")
-def test_alignment_persists_after_training(profile, rng, device, verdict):
-    """Haas Fig. 5 (trained panel): a fixed-gates linear network (p = 1/2, σ² = 2, width 64) trained by GD on
-    scikit-learn's shipped 8x8 digits (one-hot targets: a rank-10 map; each network at 0.9 of its own GD
-    stability bound, :func:`stable_learning_rate`), then the alignment statistics of the init check for the
-    top-10 subspace (the rank of the learned map): slope of E log ||sin Θ_10(J, A_l)|| plus the slope of
-    E log(s_10/s_11)(A_l), prediction 0, model error from the early window; negative control: no alignment
-    (span slope 0) is rejected.  Recorded, not asserted: the same for k = 1 (training evens out J's top singular
-    values, so u_1 aligns more slowly: about -0.03 per layer against -0.05 at k = 10), the loss ratio, and
-    mismatched pairs (U_k(J) of another network: no shared factor, no alignment)."""
+@pytest.mark.parametrize("model", ["gated", "relu"])
+def test_alignment_persists_after_training(model, profile, rng, device, verdict):
+    """Haas Fig. 5 (trained panel), on scikit-learn's shipped 8x8 digits (one-hot targets: a rank-10 map), width
+    64: ``gated``, the paper's fixed-gates linear network (p = 1/2, σ² = 2); ``relu``, the MLP of full eq. (1)
+    (its Jacobian at a training input).  Full-batch GD, each network at 0.9 of its own stability bound
+    (:func:`stable_learning_rate`; for the MLP computed on its Jacobian factors at init, a heuristic, so the
+    check asserts the run stayed finite).  Then the statistics of the init check for the top-10 subspace
+    (the rank of the learned map): slope of E log ||sin Θ_10(J, A_l)|| plus the slope of E log(s_10/s_11)(A_l),
+    prediction 0, model error from the early window; negative control: no alignment (span slope 0) is
+    rejected.  Recorded, not asserted: the same for k = 1 (training evens out J's top singular values, so in
+    the gated model u_1 aligns more slowly: about -0.01 to -0.02 per layer against -0.03 at k = 10), the loss
+    ratio, and mismatched pairs (U_k(J) of another network: no shared factor, no alignment)."""
     n, k = 64, 10
-    L, lengths, batch, steps, samples = profile.pick((70, (10, 25, 40), 48, 150, 256), (100, (10, 40, 70), 32, 400, 512))
-    ens = Ensemble(n, L, sigma2=2.0, gates="bernoulli", batch=batch, input_gate=False)
-    factors = list(ens.factors(rng, device=device))
-    ws, gates = [f.weight for f in factors], [f.gate for f in factors[1:]]
+    L, lengths, batch, steps, samples = profile.pick((90, (10, 35, 60), 32 if model == "gated" else 24, 150,
+                                                      256 if model == "gated" else 64),
+                                                     (100, (10, 40, 70), 32, 400, 512))
     x, z = regression_data("digits", batch, samples, n, rng, device)
-    x, z = x.mT / math.sqrt(samples), z.mT / math.sqrt(samples)
-    lr = stable_learning_rate(ws, gates, x, 0.9)
-    trained = train_masked_linear(ws, gates, x, z, lr, steps)
-    loss_ratio = masked_linear_loss(trained, gates, x, z) / masked_linear_loss(ws, gates, x, z)
-    assert torch.isfinite(loss_ratio).all(), "training diverged although each lr is below its stability bound"
-    factors = [Factor(trained[0], None)] + [Factor(w, d) for w, d in zip(trained[1:], gates)]
-    sizes = dict(n=n, p=0.5, L=L, lengths=list(lengths), B=batch, steps=steps, samples=samples, data="digits", k=k)
+    if model == "gated":
+        ens = Ensemble(n, L, sigma2=2.0, gates="bernoulli", batch=batch, input_gate=False)
+        factors = list(ens.factors(rng, device=device))
+        ws, gates = [f.weight for f in factors], [f.gate for f in factors[1:]]
+        x, z = x.mT / math.sqrt(samples), z.mT / math.sqrt(samples)
+        trained = train_masked_linear(ws, gates, x, z, stable_learning_rate(ws, gates, x, 0.9), steps)
+        loss_ratio = masked_linear_loss(trained, gates, x, z) / masked_linear_loss(ws, gates, x, z)
+        factors = [Factor(trained[0], None)] + [Factor(w, d) for w, d in zip(trained[1:], gates)]
+    else:
+        ws = [sample_weights(batch, n, 2.0, rng, device=device) for _ in range(L)]
+        f0 = mlp_factors(ws, x[:, 0])
+        masked = [f0[0].weight * f0[0].gate.unsqueeze(-2)] + [f.weight for f in f0[1:]]
+        lr = stable_learning_rate(masked, [f.gate for f in f0[1:]], x.mT / math.sqrt(samples), 0.9)
+        run = train_mlp(ws, x, z, lr, steps, record_every=steps)
+        loss_ratio = torch.as_tensor(run.loss[-1] / run.loss[0])
+        factors = mlp_factors(run.weights, x[:, 0])
+    assert torch.isfinite(loss_ratio).all(), "training diverged"
+    sizes = dict(model=model, n=n, L=L, lengths=list(lengths), B=batch, steps=steps, samples=samples, data="digits",
+                 k=k)
     verdict.record(compare("alignment", "final loss / initial loss (digits)", mean_estimate(loss_ratio.cpu().numpy()),
                            0.0, sizes=sizes))
     _check_alignment_rates(verdict, alignment_rates(*alignment_profile(factors, lengths, k), lengths), sizes,
-                           label=f" (trained, k = {k})")
+                           label=f" (trained {model}, k = {k})")
     top1 = alignment_rates(*alignment_profile(factors, lengths, 1), lengths)
     verdict.record(compare("alignment", "slope of E log sin θ_1 (trained, k = 1)", top1["align"], 0.0,
                            model_error=top1["align_error"], sizes=sizes))
