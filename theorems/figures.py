@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .ensembles import Ensemble, Pruning
-from .experiments import log_norms_at, log_singular_values_at, per_layer_slopes, qr_exponents
+from .experiments import alignment_profile, log_norms_at, log_singular_values_at, per_layer_slopes, qr_exponents
 from .predictions import (
     edge_of_stability_density,
     lyapunov_exponents,
@@ -23,7 +23,7 @@ from .predictions import (
     random_pruning_scale,
 )
 from .seeding import derive_seed, generator
-from .spectral import subspace_sin_theta, suffix_products, top_left_singular_vectors
+from .training import trained_fixed_gates_network
 
 __all__ = ["write_figures"]
 
@@ -233,22 +233,32 @@ def fig_lyapunov(out, sizes, seed, device):
 def fig_alignment(out, sizes, seed, device):
     plt = _plt()
     g = generator(derive_seed(seed, "fig_alignment"), device)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     for n, p, gates in ((8, 1.0, "none"), (48, 0.5, "bernoulli"), (48, 0.5, "relu")):
         L = 100
         lengths = list(range(5, 96, 10))
         ens = Ensemble(n, L, sigma2=2.0, gates=gates, batch=64, input_gate=gates != "bernoulli")
-        factors = list(ens.factors(g, device=device))
-        suf = suffix_products(factors, [*lengths, L])
-        uj = top_left_singular_vectors(suf[L].matrix, 1)
-        vals = [torch.log(subspace_sin_theta(uj, top_left_singular_vectors(suf[l].matrix, 1))).mean().item() for l in lengths]
+        log_sin, _ = alignment_profile(ens.factors(g, device=device), lengths, 1)
+        vals = [float(np.mean(log_sin[l])) for l in lengths]
         line, = ax.plot(lengths, vals, "o-", label=f"{gates}, n={n}")
         gm = lyapunov_exponents(n, p, 2.0, 2)
         ax.plot(lengths, [vals[2] - (l - lengths[2]) * (gm[0] - gm[1]) for l in lengths], "--", color=line.get_color(), lw=0.8)
     ax.set(xlabel="shared length l (factors at the output end)", ylabel="E log sin θ(u₁(J), u₁(A_l))",
-           title="alignment of intermediate Jacobians (dashed: slope -(γ₁-γ₂))")
+           title="at init (dashed: slope -(γ₁-γ₂))")
     ax.legend(fontsize=7)
-    _caption(fig, f"depth 100, 64 networks, σ²=2; seed {seed}.")
+    depth, batch, steps, samples = sizes["align_train"]
+    lengths = list(range(5, depth - 29, 5))
+    initial, trained, ratio = trained_fixed_gates_network(depth, batch, steps, samples, g, device)
+    for label, factors in (("init", initial), ("trained", trained)):
+        for k, style in ((1, ":"), (10, "o-")):
+            log_sin, _ = alignment_profile(factors, lengths, k)
+            bx.plot(lengths, [float(np.mean(log_sin[l])) for l in lengths], style, label=f"{label}, top-{k} subspace",
+                    color="C0" if label == "init" else "C1")
+    bx.set(xlabel="shared length l", ylabel="E log ||sin Θ_k(J, A_l)||",
+           title="fixed-gates network, digits (Haas Fig. 5)")
+    bx.legend(fontsize=7)
+    _caption(fig, f"left: depth 100, 64 networks, σ²=2. right: width 64, p=1/2, depth {depth}, {batch} networks, "
+                  f"{steps} GD steps on {samples} digits, final/initial loss {float(ratio.mean()):.2f}; seed {seed}.")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out / "alignment.png", dpi=110)
     plt.close(fig)
@@ -280,9 +290,10 @@ def fig_training(out, sizes, seed, device):
 
 
 SIZES = {
-    "quick": dict(n=128, depths=[1, 5, 10, 20, 40, 60, 80, 100], B=8, edge_widths=(32, 64, 128), train=(32, 4, 8, 200)),
+    "quick": dict(n=128, depths=[1, 5, 10, 20, 40, 60, 80, 100], B=8, edge_widths=(32, 64, 128), train=(32, 4, 8, 200),
+                  align_train=(70, 16, 150, 256)),
     "full": dict(n=256, depths=[1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], B=32, edge_widths=(64, 128, 256, 512),
-                 train=(256, 8, 8, 2000)),
+                 train=(256, 8, 8, 2000), align_train=(100, 32, 400, 512)),
 }
 
 FIGURES = [fig_norm_vs_depth, fig_random_pruning, fig_magnitude_pruning, fig_correlation, fig_edge_of_stability,

@@ -22,7 +22,7 @@ from .spectral import jacobian_product, log_spectral_norm
 from .validation import check_int, check_real
 
 __all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects",
-           "regression_data", "stable_learning_rate", "masked_linear_loss"]
+           "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network"]
 
 
 @dataclass
@@ -179,3 +179,26 @@ def regression_data(kind: str, batch: int, samples: int, n: int, rng, device="cp
     idx = torch.stack([torch.randperm(len(data), generator=torch.Generator().manual_seed(int(torch.randint(
         2**31, (1,), generator=rng, device=device).item())))[:samples] for _ in range(batch)])
     return data[idx].to(device), onehot[idx].to(device)
+
+
+def trained_fixed_gates_network(depth: int, batch: int, steps: int, samples: int, rng, device="cpu",
+                                fraction: float = 0.9):
+    """Haas' fixed-gates linear network (p = 1/2, σ² = 2, width 64) trained by full-batch GD on the shipped
+    digits (:func:`regression_data`), each network at ``fraction`` of its own stability bound
+    (:func:`stable_learning_rate`).  Returns ``(initial_factors, trained_factors, loss_ratio)``: Jacobian factors
+    ``(W_1, None), (W_l, D_{l-1})`` before and after training, and the per-network final/initial loss."""
+    from .ensembles import Ensemble
+
+    n = 64
+    x, z = regression_data("digits", batch, samples, n, rng, device)
+    ens = Ensemble(n, depth, sigma2=2.0, gates="bernoulli", batch=batch, input_gate=False)
+    factors = list(ens.factors(rng, device=device))
+    ws, gates = [f.weight for f in factors], [f.gate for f in factors[1:]]
+    x, z = x.mT / math.sqrt(samples), z.mT / math.sqrt(samples)
+    trained = train_masked_linear(ws, gates, x, z, stable_learning_rate(ws, gates, x, fraction), steps)
+    loss_ratio = masked_linear_loss(trained, gates, x, z) / masked_linear_loss(ws, gates, x, z)
+
+    def as_factors(w):
+        return [Factor(w[0], None)] + [Factor(a, d) for a, d in zip(w[1:], gates)]
+
+    return as_factors(ws), as_factors(trained), loss_ratio

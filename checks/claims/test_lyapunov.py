@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import assume, find, given, strategies as st
 
-from theorems.ensembles import Ensemble, Factor, haar_frame, sample_weights
+from theorems.ensembles import Ensemble, haar_frame, sample_weights
 from theorems.experiments import alignment_profile, alignment_rates, log_singular_values_at, qr_exponents
 from theorems.predictions import free_log_rate, lyapunov_exponents, resolvable_k
 from theorems.seeding import generator
@@ -19,12 +19,11 @@ from theorems.spectral import (
 )
 from theorems.stats import compare, extrapolate, mean_estimate
 from theorems.training import (
-    masked_linear_loss,
     mlp_factors,
     regression_data,
     stable_learning_rate,
-    train_masked_linear,
     train_mlp,
+    trained_fixed_gates_network,
 )
 
 SIGMA_SHIFT = 0.5 * math.log(1.03)  # negative control: the formula with sigma2 off by 3% shifts every gamma_k by this
@@ -252,16 +251,10 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
     L, lengths, batch, steps, samples = profile.pick((90, (10, 35, 60), 32 if model == "gated" else 24, 150,
                                                       256 if model == "gated" else 64),
                                                      (100, (10, 40, 70), 32, 400, 512))
-    x, z = regression_data("digits", batch, samples, n, rng, device)
     if model == "gated":
-        ens = Ensemble(n, L, sigma2=2.0, gates="bernoulli", batch=batch, input_gate=False)
-        factors = list(ens.factors(rng, device=device))
-        ws, gates = [f.weight for f in factors], [f.gate for f in factors[1:]]
-        x, z = x.mT / math.sqrt(samples), z.mT / math.sqrt(samples)
-        trained = train_masked_linear(ws, gates, x, z, stable_learning_rate(ws, gates, x, 0.9), steps)
-        loss_ratio = masked_linear_loss(trained, gates, x, z) / masked_linear_loss(ws, gates, x, z)
-        factors = [Factor(trained[0], None)] + [Factor(w, d) for w, d in zip(trained[1:], gates)]
+        _, factors, loss_ratio = trained_fixed_gates_network(L, batch, steps, samples, rng, device)
     else:
+        x, z = regression_data("digits", batch, samples, n, rng, device)
         ws = [sample_weights(batch, n, 2.0, rng, device=device) for _ in range(L)]
         f0 = mlp_factors(ws, x[:, 0])
         masked = [f0[0].weight * f0[0].gate.unsqueeze(-2)] + [f.weight for f in f0[1:]]
