@@ -22,7 +22,8 @@ from .spectral import jacobian_product, log_spectral_norm
 from .validation import check_int, check_real
 
 __all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects",
-           "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network"]
+           "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network",
+           "mlp_stable_learning_rate"]
 
 
 @dataclass
@@ -130,6 +131,15 @@ def stable_learning_rate(weights, gates, x, fraction: float = 0.5) -> torch.Tens
                 for a, b in zip(suffix, prefix))
     kappa = kappa * torch.linalg.matrix_norm(x @ x.mT, ord=2) / n
     return fraction * 2.0 / kappa
+
+
+def mlp_stable_learning_rate(weights, x, fraction: float = 0.5) -> torch.Tensor:
+    """Per-network GD step for :func:`train_mlp` on inputs x (B, N, n): :func:`stable_learning_rate` of the MLP's
+    Jacobian at its first input (a masked linear network with the gates of that input).  A heuristic: every
+    input has its own gates, so callers should check that training stayed finite."""
+    factors = mlp_factors(weights, x[:, 0])
+    masked = [factors[0].weight * factors[0].gate.unsqueeze(-2)] + [f.weight for f in factors[1:]]
+    return stable_learning_rate(masked, [f.gate for f in factors[1:]], x.mT / math.sqrt(x.shape[1]), fraction)
 
 
 def train_masked_linear(weights, gates, x, y, lr, steps: int):

@@ -20,8 +20,8 @@ from theorems.spectral import (
 from theorems.stats import compare, extrapolate, mean_estimate
 from theorems.training import (
     mlp_factors,
+    mlp_stable_learning_rate,
     regression_data,
-    stable_learning_rate,
     train_mlp,
     trained_fixed_gates_network,
 )
@@ -256,10 +256,7 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
     else:
         x, z = regression_data("digits", batch, samples, n, rng, device)
         ws = [sample_weights(batch, n, 2.0, rng, device=device) for _ in range(L)]
-        f0 = mlp_factors(ws, x[:, 0])
-        masked = [f0[0].weight * f0[0].gate.unsqueeze(-2)] + [f.weight for f in f0[1:]]
-        lr = stable_learning_rate(masked, [f.gate for f in f0[1:]], x.mT / math.sqrt(samples), 0.9)
-        run = train_mlp(ws, x, z, lr, steps, record_every=steps)
+        run = train_mlp(ws, x, z, mlp_stable_learning_rate(ws, x, 0.9), steps, record_every=steps)
         loss_ratio = torch.as_tensor(run.loss[-1] / run.loss[0])
         factors = mlp_factors(run.weights, x[:, 0])
     assert torch.isfinite(loss_ratio).all(), "training diverged"
