@@ -99,7 +99,7 @@ def balance_defects(ws, gates):
 
 def _learning_rates(lr, batch: int, like: torch.Tensor) -> torch.Tensor:
     """A scalar lr or one per network, validated, as a (B, 1, 1) tensor."""
-    if isinstance(lr, torch.Tensor) or isinstance(lr, np.ndarray):
+    if isinstance(lr, (torch.Tensor, np.ndarray)):
         lr = torch.as_tensor(lr, dtype=like.dtype, device=like.device).reshape(-1)
         if lr.numel() != batch or not bool(torch.isfinite(lr).all()) or bool((lr <= 0).any()):
             raise ValueError(f"lr must be a finite positive number or {batch} of them (one per network); got {lr}")
