@@ -212,11 +212,12 @@ def alignment_rates(log_sin: dict, log_gap: dict, lengths: Sequence[int]) -> dic
     late_sum = mean_estimate(late_align + slope(log_gap, l1, l2))
     early_sum = mean_estimate(early_align + slope(log_gap, l0, l1))
     align = mean_estimate(late_align)
+    align_error = abs(align.value - float(np.mean(early_align)))
     return {
         "align": align,
-        "align_error": abs(align.value - float(np.mean(early_align))),
+        "align_error": align_error,
         "align_span": mean_estimate(slope(log_sin, l0, l2)),
-        "span_error": abs(align.value - float(np.mean(early_align))) / 2,
+        "span_error": align_error / 2,
         "align_plus_separation": late_sum,
         "sum_error": abs(late_sum.value - early_sum.value),
         "separation": float(np.mean(slope(log_gap, l1, l2))),

@@ -81,11 +81,15 @@ def _masked_product(ws, gates):
     return j
 
 
+def _masked_linear_losses(weights, gates, x, y) -> torch.Tensor:
+    j = _masked_product(weights, gates)
+    return ((j @ x - y) ** 2).sum(dim=(-2, -1)) / (2 * x.shape[-2])
+
+
 def masked_linear_loss(weights, gates, x, y) -> torch.Tensor:
     """Per-network loss ``(2n)^-1 ||J X - Y||_F^2`` of the masked linear network (B,)."""
     with torch.no_grad():
-        j = _masked_product(weights, gates)
-        return ((j @ x - y) ** 2).sum(dim=(-2, -1)) / (2 * x.shape[-2])
+        return _masked_linear_losses(weights, gates, x, y)
 
 
 def balance_defects(ws, gates):
@@ -147,13 +151,10 @@ def train_masked_linear(weights, gates, x, y, lr, steps: int):
 
     ``lr``: one learning rate, or one per network (e.g. from :func:`stable_learning_rate`)."""
     steps = check_int("steps", steps, minimum=0)
-    n = x.shape[-2]
     rates = _learning_rates(lr, weights[0].shape[0], weights[0])
     ws = [w.detach().clone().requires_grad_(True) for w in weights]
     for _ in range(steps):
-        j = _masked_product(ws, gates)
-        loss = ((j @ x - y) ** 2).sum() / (2 * n)
-        grads = torch.autograd.grad(loss, ws)
+        grads = torch.autograd.grad(_masked_linear_losses(ws, gates, x, y).sum(), ws)
         with torch.no_grad():
             for w, g in zip(ws, grads):
                 w -= rates * g

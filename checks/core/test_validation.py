@@ -108,7 +108,7 @@ def test_training_helpers_reject_bad_input(rng):
         alignment_profile(factors, [2, 4], 1)
 
 
-def test_stable_learning_rate_keeps_gd_stable_where_ten_times_it_diverges(rng):
+def test_stable_learning_rate_keeps_gd_stable_and_is_not_vacuous(rng):
     """Each network's step from :func:`stable_learning_rate` decreases its loss; 1000x that step blows up
     some network: the bound is conservative (a norm bound: typically 10-100x below the true edge) but not
     vacuous."""
