@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from theorems.claims import CLAIMS
 from theorems.profiles import Profile
 from theorems.reporting import ReportPlugin, Verdict
-from theorems.seeding import derive_seed, generator
+from theorems.seeding import derive_seed, generator, canonical_nodeid
 
 # Deterministic Hypothesis (after scipy's conftest): no deadlines on numeric code, no example
 # database, derandomised so every run explores the same examples.
@@ -84,6 +85,23 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_collection_finish(session):
     if getattr(session.config, "_theorems_missing", None):
         raise pytest.UsageError(f"claims without a check: {session.config._theorems_missing}")
+    _warn_if_groups_ignored(session)
+
+
+def _warn_if_groups_ignored(session):
+    """Checks that share a module-scoped measurement carry ``xdist_group`` so that one worker computes it
+    once.  pytest-xdist marks grouped items by appending ``@group`` to their node ids; pytest >= 9.2 ignores
+    that (pytest-dev/pytest-xdist#1386), and the groups are silently dropped: every worker then repeats the
+    shared measurement (same numbers, seeds come from names, but up to twice the time).  Say so."""
+    if not hasattr(session.config, "workerinput") or not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and canonical_nodeid(item.nodeid) == item.nodeid]
+    if lost:
+        warnings.warn(pytest.PytestConfigWarning(
+            f"--dist loadgroup is not in effect ({len(lost)} grouped checks, e.g. {lost[0]}, have no '@group' suffix: "
+            f"pytest {pytest.__version__} with this pytest-xdist, see pytest-dev/pytest-xdist#1386); shared measurements "
+            "are recomputed on each worker: same numbers, more time. pip install 'pytest<9.2' restores the grouping."),
+            stacklevel=1)
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +109,7 @@ def _tag_claims(request):
     item = request.node
     item.user_properties.append(("claims", [m.args[0] for m in item.iter_markers("claim")]))
     item.user_properties.append(("printed", item.get_closest_marker("printed") is not None))
-    item.user_properties.append(("seed", derive_seed(request.config.getoption("--seed"), item.nodeid)))
+    item.user_properties.append(("seed", derive_seed(request.config.getoption("--seed"), canonical_nodeid(item.nodeid))))
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +131,7 @@ def dtype(device) -> torch.dtype:
 @pytest.fixture
 def seed(request) -> int:
     """This test's seed: derived from --seed and the node id only."""
-    return derive_seed(request.config.getoption("--seed"), request.node.nodeid)
+    return derive_seed(request.config.getoption("--seed"), canonical_nodeid(request.node.nodeid))
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from scipy import stats as _stats
 
 from . import __version__
 from .claims import CLAIMS, PINNED_VERSIONS
+from .seeding import canonical_nodeid
 from .stats import FALSE_FAIL_RATE, Comparison, assert_consistent, assert_rejects
 
 __all__ = ["SCHEMA_VERSION", "Verdict", "ReportPlugin", "compare_with_baseline"]
@@ -145,7 +146,8 @@ class ReportPlugin:
         self.baseline_problems: list[str] = []
 
     def pytest_runtest_logreport(self, report):
-        entry = self.tests.setdefault(report.nodeid, {"nodeid": report.nodeid, "claims": [], "printed": False,
+        nodeid = canonical_nodeid(report.nodeid)
+        entry = self.tests.setdefault(nodeid, {"nodeid": nodeid, "claims": [], "printed": False,
                                                       "records": [], "notes": {}, "outcome": "passed",
                                                       "duration": 0.0, "seed": None, "message": ""})
         entry["duration"] += report.duration

@@ -10,7 +10,15 @@ import hashlib
 
 import torch
 
-__all__ = ["derive_seed", "generator"]
+__all__ = ["derive_seed", "generator", "canonical_nodeid"]
+
+
+def canonical_nodeid(nodeid: str) -> str:
+    """The node id without the ``@group`` suffix pytest-xdist's ``--dist loadgroup`` appends on workers
+    (the same rule as xdist's scheduler: an ``@`` after the last ``]``), so that seeds and report keys are
+    the same with and without ``-n``."""
+    at = nodeid.rfind("@")
+    return nodeid[:at] if at > nodeid.rfind("]") else nodeid
 
 
 def derive_seed(master: int, name: str) -> int:

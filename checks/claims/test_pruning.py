@@ -265,7 +265,7 @@ def test_printed_edge_location(edge_measurement, edge_sizes, verdict):
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from theorems.experiments import perturbed  # noqa: E402
-from theorems.seeding import derive_seed, generator  # noqa: E402
+from theorems.seeding import derive_seed, generator, canonical_nodeid  # noqa: E402
 from theorems.spectral import log_spectral_norm, products_at  # noqa: E402
 
 
@@ -289,7 +289,7 @@ def test_scaled_random_pruning_is_stable_at_any_sparsity(request, n, keep_degree
     THETA (the stability threshold of the edge-of-stability check) of the unpruned one: one-sided, the
     interval's lower end must not exceed THETA.  Seeds derive from the master seed and the example."""
     s = 1.0 - keep_degree / n
-    seed = derive_seed(request.config.getoption("--seed"), f"{request.node.nodeid}[{n},{keep_degree!r}]")
+    seed = derive_seed(request.config.getoption("--seed"), f"{canonical_nodeid(request.node.nodeid)}[{n},{keep_degree!r}]")
     dev = coupled_slope_deviation(n, s, 16, 5, 25, generator(seed))
     cmp = compare_at_most("random-pruning-scaling", "|Δ per-layer rate| of scaled pruning", mean_estimate(np.abs(dev)),
                           THETA, sizes=dict(n=n, s=round(s, 4), B=16, L1=5, L2=25), seed=seed)

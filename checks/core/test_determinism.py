@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from theorems.ensembles import Ensemble
-from theorems.seeding import derive_seed, generator
+from theorems.seeding import canonical_nodeid, derive_seed, generator
 from theorems.spectral import jacobian_product, log_spectral_norm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,8 +29,10 @@ def test_same_generator_seed_gives_bit_identical_spectra():
     assert torch.equal(a, b)
 
 
+@pytest.mark.xdist_group("determinism")  # grouped: under -n its node id carries xdist's '@determinism' suffix
 def test_fingerprint(rng, verdict):
-    """A seeded statistic recorded in the report; the subprocess test below compares it across runs."""
+    """A seeded statistic recorded in the report; the subprocess test below compares it across runs (its
+    seed and report key must not see the xdist group suffix)."""
     from theorems.stats import Estimate, compare
 
     e = Ensemble(24, 12, gates="relu", batch=4)
@@ -54,3 +56,10 @@ def test_numbers_identical_with_and_without_xdist(tmp_path):
     serial = _run(tmp_path / "a", "-n", "0")
     parallel = _run(tmp_path / "b", "-n", "2")
     assert serial == parallel and all(serial.values())
+
+
+def test_canonical_nodeid_strips_only_the_xdist_group_suffix():
+    assert canonical_nodeid("checks/a.py::test_x[1]@edge") == "checks/a.py::test_x[1]"
+    assert canonical_nodeid("checks/a.py::test_x@edge") == "checks/a.py::test_x"
+    assert canonical_nodeid("checks/a.py::test_x[a@b]") == "checks/a.py::test_x[a@b]"  # '@' inside a parameter id
+    assert canonical_nodeid("checks/a.py::test_x") == "checks/a.py::test_x"
