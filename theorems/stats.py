@@ -34,6 +34,7 @@ __all__ = [
     "paired_slope",
     "extrapolate",
     "fit_slope",
+    "fit_chi2_per_dof",
     "log_factor_allowance",
     "compare",
     "assert_consistent",
@@ -161,6 +162,17 @@ def fit_slope(xs, values, stderrs=None) -> Estimate:
         return Estimate(float(res.slope), float(res.stderr), x.size - 2, x.size)
     popt, pcov = optimize.curve_fit(lambda x, a, b: a + b * x, x, y, sigma=_as_array(stderrs), absolute_sigma=True)
     return Estimate(float(popt[1]), float(math.sqrt(pcov[1, 1])), math.inf, x.size)
+
+
+def fit_chi2_per_dof(xs, values, stderrs) -> float:
+    """Goodness of the weighted straight-line fit of :func:`fit_slope`: chi^2 of the residuals in units of
+    the stated errors, per degree of freedom (about 1 when a line and the errors describe the data; well above
+    1 when the data curve or the errors are too small)."""
+    x, y, e = _as_array(xs), _as_array(values), _as_array(stderrs)
+    if x.size < 3:
+        raise ValueError(f"a fit's chi^2 needs at least 3 points; got {x.size}")
+    coef = np.polyfit(x, y, 1, w=1.0 / e)
+    return float(np.sum(((y - np.polyval(coef, x)) / e) ** 2) / (x.size - 2))
 
 
 def log_factor_allowance(xs, power: float = 1.0, stderrs=None) -> float:

@@ -15,6 +15,7 @@ from theorems.stats import (
     chi2_independence_pvalue,
     compare,
     extrapolate,
+    fit_chi2_per_dof,
     fit_slope,
     log_factor_allowance,
     mean_estimate,
@@ -112,6 +113,15 @@ def test_fit_slope_recovers_known_slopes(seed):
     assert lo <= 0.3 <= hi and hi - lo < 0.05
     s = fit_slope(x, 0.3 * x, stderrs=np.full(10, 0.01))
     assert s.value == pytest.approx(0.3)
+
+
+def test_fit_chi2_per_dof_measures_scatter_in_units_of_the_stated_errors(seed):
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 1.0, 400)
+    e = np.full(x.size, 0.1)
+    assert fit_chi2_per_dof(x, 2 * x + rng.normal(0, 0.1, x.size), e) == pytest.approx(1.0, abs=0.25)
+    assert fit_chi2_per_dof(x, 2 * x + rng.normal(0, 0.3, x.size), e) == pytest.approx(9.0, rel=0.25)
+    assert fit_chi2_per_dof([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0]) == pytest.approx(0.0, abs=1e-20)
 
 
 def test_log_factor_allowance_is_the_exact_slope_error_of_a_log_factor():
