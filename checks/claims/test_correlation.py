@@ -91,8 +91,8 @@ def test_threshold_scales_like_one_over_n(gates, sweep, verdict):
     shared shift can close every gate: a collapse counts as broken, and the median deviation is used).
     Negative controls: a = 0 (a width-independent threshold) and the printed bound read as the threshold,
     1/(n log^3 n) (local exponent -1 - 3/log n), are rejected.  -1/2 is not a control: in the gated model
-    corr* n grows like log n (corr* ≈ 0.6 log(n)/n at widths 32-512, local exponent -0.76 ± 0.02), so -1/2 lies
-    inside the log-factor allowance at every reachable width."""
+    corr* n grows like log n (corr* ≈ 0.6 log(n)/n at widths 32-512, local exponent -0.76 ± 0.02), so -1/2 stays
+    within the tolerance at every width reached (up to 512)."""
     widths, batch, l1, l2, points = sweep
     logs = np.array([t[0].value for t in points])
     ses = np.array([max(t[0].stderr, 1e-3) for t in points])
