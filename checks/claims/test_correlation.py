@@ -60,30 +60,24 @@ def sweep_widths(gates, widths):
     return widths if gates == "bernoulli" else widths[2:]
 
 
-_SWEEPS: dict[tuple, Sweep] = {}  # one sweep per (gate model, profile, master seed, device) and worker process
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sweep(gates, request, device) -> Sweep:
-    """The gate model's :class:`Sweep`, computed once and shared by this module's checks of that model (an xdist
-    group per model keeps them on one worker; the two models' sweeps run on different workers).  Its seed is
-    derived from the master seed, this module and the gate model, not from the check that asks first."""
-    profile, master = request.config.getoption("--profile"), request.config.getoption("--seed")
-    key = (gates, profile, master, device)
-    if key not in _SWEEPS:
-        all_widths, batches, l1, l2 = Profile(profile).pick(*SIZES)
-        seed = derive_seed(master, f"checks/claims/test_correlation.py::{gates}")
-        rng = generator(seed, device)
-        widths, batch = sweep_widths(gates, all_widths), batches[gates]
-        _SWEEPS[key] = Sweep(widths, batch, l1, l2, [threshold(gates, n, batch, l1, l2, rng, device, seed) for n in widths])
-    return _SWEEPS[key]
+    """The gate model's :class:`Sweep`, computed once per module and model and shared by this module's checks of
+    that model (``gates`` is parametrized at module scope; an xdist group per model keeps its checks on one
+    worker, and the two models' sweeps run on different workers).  Its seed is derived from the master seed,
+    this module and the gate model, not from the check that asks first."""
+    all_widths, batches, l1, l2 = Profile(request.config.getoption("--profile")).pick(*SIZES)
+    seed = derive_seed(request.config.getoption("--seed"), f"checks/claims/test_correlation.py::{gates}")
+    rng = generator(seed, device)
+    widths, batch = sweep_widths(gates, all_widths), batches[gates]
+    return Sweep(widths, batch, l1, l2, [threshold(gates, n, batch, l1, l2, rng, device, seed) for n in widths])
 
 
 GATE_MODELS = [pytest.param(g, marks=pytest.mark.xdist_group(f"correlated-weights-{g}")) for g in GATES]
 
 
 @pytest.mark.claim("correlated-weights")
-@pytest.mark.parametrize("gates", GATE_MODELS)
+@pytest.mark.parametrize("gates", GATE_MODELS, scope="module")
 def test_threshold_scales_like_one_over_n(gates, sweep, verdict):
     """Statistic: exponent a of the empirical threshold corr*(n) ∝ n^a (weighted fit of log corr* on log n,
     bootstrap errors); prediction -1 (Thm 8's o(1/(n log^3 n)) is sharp up to logs); model error
@@ -112,7 +106,7 @@ def test_threshold_scales_like_one_over_n(gates, sweep, verdict):
 
 
 @pytest.mark.claim("correlated-weights")
-@pytest.mark.parametrize("gates", GATE_MODELS)
+@pytest.mark.parametrize("gates", GATE_MODELS, scope="module")
 def test_weak_correlation_keeps_iid_rate(gates, sweep, verdict):
     """Inside the regime (eta sqrt(n) = 1/4, corr = 1/(16 n)) the per-layer slope matches the iid one.
     Statistic: difference of mean slopes over the same depth window; prediction 0; tolerance: the CI of
