@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from theorems.claims import CLAIMS
 from theorems.profiles import Profile
 from theorems.reporting import ReportPlugin, Verdict
-from theorems.seeding import derive_seed, generator, canonical_nodeid
+from theorems.seeding import canonical_nodeid, derive_seed, generator
 
 # Deterministic Hypothesis (after scipy's conftest): no deadlines on numeric code, no example
 # database, derandomised so every run explores the same examples.
@@ -105,11 +105,11 @@ def _warn_if_groups_ignored(session):
 
 
 @pytest.fixture(autouse=True)
-def _tag_claims(request):
+def _tag_claims(request, seed):
     item = request.node
     item.user_properties.append(("claims", [m.args[0] for m in item.iter_markers("claim")]))
     item.user_properties.append(("printed", item.get_closest_marker("printed") is not None))
-    item.user_properties.append(("seed", derive_seed(request.config.getoption("--seed"), canonical_nodeid(item.nodeid))))
+    item.user_properties.append(("seed", seed))
 
 
 @pytest.fixture(scope="session")

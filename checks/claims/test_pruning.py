@@ -265,7 +265,7 @@ def test_printed_edge_location(edge_measurement, edge_sizes, verdict):
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from theorems.experiments import perturbed  # noqa: E402
-from theorems.seeding import derive_seed, generator, canonical_nodeid  # noqa: E402
+from theorems.seeding import canonical_nodeid, derive_seed, generator  # noqa: E402
 from theorems.spectral import log_spectral_norm, products_at  # noqa: E402
 
 
