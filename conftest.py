@@ -52,6 +52,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "claim(id): the claim id (shared/claims.md) this check verifies")
     config.addinivalue_line("markers", "printed: tests a statement exactly as printed (strict xfail when refuted)")
     config.addinivalue_line("markers", "slow: long-running (full profile sizes)")
+    config.addinivalue_line("markers", "statistical(k): the test asserts k random outcomes outside the verdict recorder, "
+                            "each at the suite's per-assertion rate (theorems.budget)")
     config._theorems_device = _device(config)
     if config._theorems_device == "cuda":
         # TF32 changes float32 GEMMs; nothing that feeds a verdict may use it.
@@ -110,6 +112,9 @@ def _tag_claims(request, seed):
     item.user_properties.append(("claims", [m.args[0] for m in item.iter_markers("claim")]))
     item.user_properties.append(("printed", item.get_closest_marker("printed") is not None))
     item.user_properties.append(("seed", seed))
+    mark = item.get_closest_marker("statistical")
+    if mark is not None:
+        item.user_properties.append(("statistical_slots", int(mark.args[0])))
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from scipy import stats as _stats
 from . import __version__
 from .claims import CLAIMS, PINNED_VERSIONS
 from .seeding import canonical_nodeid
+from .budget import ASSERTION_SLOTS, PER_ASSERTION_RATE, budget_summary
 from .stats import FALSE_FAIL_RATE, Comparison, assert_consistent, assert_rejects
 
 __all__ = ["SCHEMA_VERSION", "Verdict", "ReportPlugin", "compare_with_baseline"]
@@ -52,7 +53,11 @@ class Verdict:
             cmp.seed = self.seed
         if not cmp.sizes:
             cmp.sizes = dict(self.sizes)
-        self._item.user_properties.append(("theorems", cmp.to_record(role)))
+        record = cmp.to_record(role)
+        if role == "check" and self._item.get_closest_marker("printed") is not None:
+            # a printed statement expected to be refuted: its spurious failure is a miss (an xpass), like a control's
+            record["miss_probability"] = cmp.miss_probability
+        self._item.user_properties.append(("theorems", record))
 
     def check(self, cmp: Comparison) -> Comparison:
         __tracebackhide__ = True
@@ -158,6 +163,8 @@ class ReportPlugin:
                 entry["printed"] = bool(value)
             elif key == "seed":
                 entry["seed"] = value
+            elif key == "statistical_slots":
+                entry["statistical_slots"] = value
             elif key == "theorems" and report.when == "call":
                 entry["records"].append(value)
             elif key == "theorems_note" and report.when == "call":
@@ -205,6 +212,9 @@ class ReportPlugin:
         tests = sorted(self.tests.values(), key=lambda t: t["nodeid"])
         if not tests:
             return
+        self.budget = run_budget(tests)
+        if not self.budget["within_budget"]:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         opt = self.config.getoption
         base = opt("--compare-baseline")
         if base:
@@ -216,7 +226,7 @@ class ReportPlugin:
         meta = {
             "schema_version": SCHEMA_VERSION, "suite_version": __version__, "run": run,
             "profile": opt("--profile"), "device": self.config._theorems_device, "master_seed": opt("--seed"),
-            "false_fail_rate": FALSE_FAIL_RATE, "duration_s": round(time.time() - self.started, 2),
+            "false_fail_rate": FALSE_FAIL_RATE, "budget": self.budget, "duration_s": round(time.time() - self.started, 2),
             "python": platform.python_version(), "torch": _torch_version(), "pinned_versions": PINNED_VERSIONS,
             "workers": os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"),
             "baseline": {"file": base, "problems": self.baseline_problems} if base else None,
@@ -258,6 +268,14 @@ class ReportPlugin:
             tr.write_line(f"{c['verdict']:>20}  {cid}  ({c['source']})")
         for p in self.baseline_problems:
             tr.write_line(f"BASELINE SHIFT: {p}", red=True)
+        b = self.budget
+        tr.write_line(f"false-fail budget: {b['slots_used']:g} of {b['assertion_slots']} assertion slots used at "
+                      f"{b['per_assertion_rate']:.2g} each; estimated P(spurious failure) of this design "
+                      f"{b['estimated_false_fail_probability']:.2g} (budget {b['suite_false_fail_rate']:g})",
+                      red=not b["within_budget"])
+        if not b["within_budget"]:
+            tr.write_line(f"OVER BUDGET: this run made {b['slots_used']:g} statistical assertions but the budget is split "
+                          f"over {ASSERTION_SLOTS} (theorems/budget.py): raise ASSERTION_SLOTS", red=True)
         tr.write_line(f"report: {self.report_dir}/summary.md")
 
 
@@ -268,6 +286,31 @@ def _torch_version():
         return torch.__version__
     except ImportError:  # pragma: no cover
         return None
+
+
+def _number(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def run_budget(tests: list[dict]) -> dict:
+    """The run's budget block (:func:`theorems.budget.budget_summary`): slots used by checks, negative controls and
+    tests marked ``statistical(k)``; the estimated P(spurious failure) sums each check's level, each control's (and
+    refuted printed statement's) estimated miss probability and each declared slot's rate (Bonferroni: an upper
+    bound)."""
+    slots, spurious = 0.0, 0.0
+    for t in tests:
+        slots += t.get("statistical_slots", 0)
+        spurious += t.get("statistical_slots", 0) * PER_ASSERTION_RATE
+        for r in t["records"]:
+            if r["role"] == "measurement":
+                continue
+            slots += _number(r.get("slots", 1.0))
+            miss = r.get("miss_probability")
+            spurious += _number(miss) if miss is not None else 1 - _number(r["level"])
+    return budget_summary(slots, min(spurious, 1.0))
 
 
 def make_baseline(doc: dict) -> dict:
@@ -293,11 +336,20 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _budget_line(b) -> str:
+    if not b:
+        return ""
+    return (f"False-fail budget {b['suite_false_fail_rate']:g} per run, split over {b['assertion_slots']} assertion "
+            f"slots ({b['per_assertion_rate']:.2g} each); this run used {b['slots_used']:g}; estimated P(spurious "
+            f"failure) of its design {b['estimated_false_fail_probability']:.2g}.")
+
+
 def render_summary(doc: dict) -> str:
     lines = [
         f"# Verdicts ({doc['run']})", "",
         f"profile `{doc['profile']}` · device `{doc['device']}` · master seed {doc['master_seed']} · "
-        f"torch {doc['torch']} · {doc['duration_s']} s · per-assertion false-fail rate {doc['false_fail_rate']}", "",
+        f"torch {doc['torch']} · {doc['duration_s']} s", "",
+        _budget_line(doc.get("budget")), "",
         "| claim | source | printed statement | reading tested | verdict | key figures |",
         "|---|---|---|---|---|---|",
     ]
@@ -319,9 +371,12 @@ def render_summary(doc: dict) -> str:
             lines.append(f"> {t['message'].splitlines()[0][:400]}")
         for r in t["records"]:
             sizes = ", ".join(f"{k}={v}" for k, v in (r.get("sizes") or {}).items())
+            power = (f", miss probability {_fmt(r['miss_probability'])}" if r.get("miss_probability") is not None
+                     else "")
             lines.append(f"- *{r['role']}* {r['statistic']}: estimate {_fmt(r['estimate'])}, "
                          f"CI [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}], prediction {_fmt(r['prediction'])}, "
-                         f"model error {_fmt(r['model_error'])}, n={r['n']} ({sizes})")
+                         f"model error {_fmt(r['model_error'])}, detects |error| > {_fmt(r['min_discrepancy'])}{power}, "
+                         f"n={r['n']} ({sizes})")
         for k, v in t["notes"].items():
             lines.append(f"- {k}: {_fmt(v) if isinstance(v, float) else v}")
         lines.append("")

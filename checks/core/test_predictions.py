@@ -119,6 +119,7 @@ def test_lyapunov_matches_monte_carlo_qr(p, rng, verdict):
                               sizes=dict(n=n, L=L, B=B)))
 
 
+@pytest.mark.statistical(1)  # 5 standard errors: 6e-7, below the per-assertion rate
 def test_volume_gap_is_the_expected_log_overlap(seed):
     """E[-½ log det(Q^T V V^T Q)] for Haar Q (Monte Carlo, 4000 draws, 5 standard errors)."""
     rng = np.random.default_rng(seed)

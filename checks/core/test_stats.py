@@ -27,14 +27,18 @@ from theorems.stats import (
 TRIALS = 4000
 
 
+@pytest.mark.statistical(1)
 def test_mean_comparison_has_its_stated_size(seed):
-    """Under a true prediction the rejection count is Binomial(TRIALS, FALSE_FAIL_RATE)."""
+    """Under a true prediction the rejection count of the t-interval at level 0.99 is Binomial(TRIALS, 0.01)
+    (a level with enough rejections to see a miscalibration), and compare() uses the suite's per-assertion level."""
     rng = np.random.default_rng(seed)
-    rejections = sum(
-        not compare("t", "mean", mean_estimate(rng.normal(1.0, 2.0, 12)), 1.0).consistent for _ in range(TRIALS)
-    )
-    # one-sided: more rejections than the budget would be a miscalibrated (too narrow) interval
-    assert stats.binom.sf(rejections - 1, TRIALS, FALSE_FAIL_RATE) > 1e-4, rejections
+    rejections = 0
+    for _ in range(TRIALS):
+        lo, hi = mean_estimate(rng.normal(1.0, 2.0, 12)).interval(0.99)
+        rejections += not lo <= 1.0 <= hi
+    # one-sided: more rejections than the level would be a miscalibrated (too narrow) interval
+    assert stats.binom.sf(rejections - 1, TRIALS, 0.01) > FALSE_FAIL_RATE, rejections
+    assert compare("t", "mean", mean_estimate([0.0, 1.0]), 0.5).level == 1 - FALSE_FAIL_RATE
 
 
 def test_mean_comparison_has_power_beyond_min_discrepancy(seed):
@@ -81,13 +85,15 @@ def test_collapse_is_a_result_not_nan():
     assert s.value == -math.inf
 
 
+@pytest.mark.statistical(1)
 def test_median_interval_coverage(seed):
     rng = np.random.default_rng(seed)
     misses = sum(not (lambda e: e.interval()[0] <= 0.0 <= e.interval()[1])(median_estimate(rng.standard_cauchy(41)))
                  for _ in range(2000))
-    assert stats.binom.sf(misses - 1, 2000, FALSE_FAIL_RATE) > 1e-4
+    assert stats.binom.sf(misses - 1, 2000, FALSE_FAIL_RATE) > FALSE_FAIL_RATE
 
 
+@pytest.mark.statistical(1)
 def test_extrapolation_interval_covers_the_limit(seed):
     """a + b/n data with known noise: the 1-FALSE_FAIL_RATE interval on a covers the truth."""
     rng = np.random.default_rng(seed)
@@ -99,7 +105,7 @@ def test_extrapolation_interval_covers_the_limit(seed):
         a, b, pfit = extrapolate(ns, y, se, power=1.0)
         lo, hi = a.interval()
         misses += not (lo <= 2.0 <= hi)
-    assert stats.binom.sf(misses - 1, 1000, FALSE_FAIL_RATE) > 1e-4
+    assert stats.binom.sf(misses - 1, 1000, FALSE_FAIL_RATE) > FALSE_FAIL_RATE
     # power: a wrong exponent is visible in the goodness of fit
     y = 2.0 + 3.0 / np.sqrt(ns)
     assert extrapolate(ns, y, 1e-3 * np.ones_like(ns), power=1.0)[2] < 1e-6
@@ -140,6 +146,7 @@ def test_log_factor_allowance_is_the_exact_slope_error_of_a_log_factor():
         log_factor_allowance(x, math.nan)
 
 
+@pytest.mark.statistical(2)  # the two size assertions at 1e-6 (below the per-assertion rate)
 def test_classical_tests_have_size_and_power(seed):
     rng = np.random.default_rng(seed)
     assert binomial_pvalue(500, 1000, 0.5) > 0.9
