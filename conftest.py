@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from theorems.claims import CLAIMS
+from theorems.claims import CLAIMS, MAIN
 from theorems.profiles import Profile
 from theorems.reporting import ReportPlugin, Verdict
 from theorems.seeding import canonical_nodeid, derive_seed, generator
@@ -49,8 +49,11 @@ def _device(config) -> str:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "claim(id): the claim id (shared/claims.md) this check verifies")
+    config.addinivalue_line("markers", "claim(id, statement=None): the claim id (theorems.claims) this check verifies, and "
+                            "which of its named statements (default: the claim's own)")
     config.addinivalue_line("markers", "printed: tests a statement exactly as printed (strict xfail when refuted)")
+    config.addinivalue_line("markers", "erratum: shows a sentence the paper's own derivation contradicts (strict xfail); "
+                            "recorded with the claim's errata, it does not refute the claim")
     config.addinivalue_line("markers", "slow: long-running (full profile sizes)")
     config.addinivalue_line("markers", "statistical(k): the test asserts k random outcomes outside the verdict recorder, "
                             "each at the suite's per-assertion rate (theorems.budget)")
@@ -71,6 +74,10 @@ def pytest_collection_modifyitems(session, config, items):
         for mark in item.iter_markers("claim"):
             if not mark.args or mark.args[0] not in CLAIMS:
                 raise pytest.UsageError(f"{item.nodeid}: unknown claim id {mark.args!r}; known: {sorted(CLAIMS)}")
+            statement = mark.kwargs.get("statement")
+            if statement is not None and statement not in CLAIMS[mark.args[0]].statements:
+                raise pytest.UsageError(f"{item.nodeid}: claim {mark.args[0]!r} has no statement {statement!r}; known: "
+                                        f"{sorted(CLAIMS[mark.args[0]].statements)}")
     if config.getoption("--claims-coverage"):
         covered = {cid: [] for cid in CLAIMS}
         for item in items:
@@ -110,7 +117,10 @@ def _warn_if_groups_ignored(session):
 def _tag_claims(request, seed):
     item = request.node
     item.user_properties.append(("claims", [m.args[0] for m in item.iter_markers("claim")]))
+    item.user_properties.append(("statements", [[m.args[0], m.kwargs.get("statement") or MAIN]
+                                                for m in item.iter_markers("claim")]))
     item.user_properties.append(("printed", item.get_closest_marker("printed") is not None))
+    item.user_properties.append(("erratum", item.get_closest_marker("erratum") is not None))
     item.user_properties.append(("seed", seed))
     mark = item.get_closest_marker("statistical")
     if mark is not None:

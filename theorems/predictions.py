@@ -78,7 +78,7 @@ def gate_dropout_probability(width: int, keep_prob: float, k: int) -> float:
 
 
 def lyapunov_exponents(
-    width: int, keep_prob: float, sigma2: float, k: int, *, max_dropout: float = 1e-12
+    width: int, keep_prob: float, sigma2: float, k: int, *, max_dropout: float = 1e-12, dof_offset: int = 0
 ) -> np.ndarray:
     """Top-k Lyapunov exponents of the gated model at finite width (claims lyapunov, closed form 2).
 
@@ -94,12 +94,16 @@ def lyapunov_exponents(
     ``P(m < i) > 0``; the conditional formula describes every depth at which such a layer has not
     occurred.  That is all depths in practice only when ``P(m < i)`` is tiny, so this function
     refuses (ValueError) any i with ``P(m < i) > max_dropout`` (default 1e-12).
+
+    ``dof_offset`` (0 or 1; default 0) shifts Bartlett's degrees of freedom to ``m - i + 1 + dof_offset``: the neighbouring,
+    wrong formula that negative controls must reject (an off-by-one in the degrees of freedom).
     """
     n = check_width(width)
     p = check_keep_prob(keep_prob)
     s2 = check_sigma2(sigma2)
     k = check_int("k", k, maximum=n)
     max_dropout = check_real("max_dropout", max_dropout, low=0.0, high=1.0)
+    dof_offset = check_int("dof_offset", dof_offset, minimum=0, maximum=1)
     dropout = gate_dropout_probability(n, p, k)
     if dropout > max_dropout:
         raise ValueError(
@@ -113,7 +117,7 @@ def lyapunov_exponents(
     for i in range(1, k + 1):
         ok = m >= i
         weights = pmf[ok] / pmf[ok].sum()
-        out[i - 1] = 0.5 * (math.log(2 * s2 / n) + float(np.dot(weights, special.digamma((m[ok] - i + 1) / 2))))
+        out[i - 1] = 0.5 * (math.log(2 * s2 / n) + float(np.dot(weights, special.digamma((m[ok] - i + 1 + dof_offset) / 2))))
     return out
 
 

@@ -86,9 +86,9 @@ def test_gate_tests_reject_strongly_correlated_weights(sizes, rng, device, seed,
         verdict.reject(t)
 
 
-@pytest.mark.claim("approx-gates")
+@pytest.mark.claim("approx-gates", statement="finite-n-remarks")
 @pytest.mark.printed
-@pytest.mark.xfail(strict=True, reason="refuted as printed: T_W = frac(W_l > 0) and T_D = frac(D_l = 1) are "
+@pytest.mark.xfail(strict=True, reason="refuted as printed (App. G.1's finite-n remark, n = 100): T_W = frac(W_l > 0) and T_D = frac(D_l = 1) are "
                    "correlated (r ≈ 0.35 at n = 100, N = 1000; p < 1e-20) because h = relu(Y_{l-1}) >= 0, so the "
                    "sign balance of W_l shifts every pre-activation W_l h the same way. The dependence is one "
                    "collective mode and does not grow with n; D_l is independent of W_{l+1}, which it multiplies in J")
@@ -101,9 +101,9 @@ def test_printed_gates_independent_of_weights(sizes, rng, device, seed, verdict)
                                     sizes=dict(n=n, layer=layer, N=N), note=f"r = {r:.3f}"))
 
 
-@pytest.mark.claim("approx-gates")
+@pytest.mark.claim("approx-gates", statement="finite-n-remarks")
 @pytest.mark.printed
-@pytest.mark.xfail(strict=True, reason="refuted as printed: at eta = 0.1 (n = 100, corr 0.0099 ≈ 1/n) the chi-square "
+@pytest.mark.xfail(strict=True, reason="refuted as printed (App. G.1's finite-n remark): at eta = 0.1 (n = 100, corr 0.0099 ≈ 1/n) the chi-square "
                    "p-values of 200 gate pairs are far from uniform (KS p < 1e-10): the shared shift eta w sum(h) "
                    "correlates the gates once eta sqrt(n) ~ 1; one pair's p-value (the paper's test) has little power")
 def test_printed_weak_correlation_keeps_approximation(sizes, rng, device, seed, verdict):

@@ -247,17 +247,31 @@ def test_transition_density_scales_like_one_over_n(edge_measurement, edge_sizes,
 
 @pytest.mark.claim("edge-of-stability")
 @pytest.mark.xdist_group("edge-of-stability")
-@pytest.mark.printed
-@pytest.mark.xfail(strict=True, reason="refuted as printed: stability persists far below 1-s = log(n)^5/n, which "
-                   "exceeds 1 (is vacuous) for every n < ~10^9; the measured transition is at rho* n ≈ 4-8 "
-                   "(1-s ≈ 5/n at widths 24-192); the paper saw the break at 99% sparsity for n = 256 (rho n = 2.6)")
-def test_printed_edge_location(edge_measurement, edge_sizes, verdict):
-    """As printed: stability breaks at 1-s ~ log(n)^5/n; statistic log rho*(n) at the largest width,
-    model error log(10) (an order of magnitude of slack for the '~')."""
+def test_sufficient_condition_is_conservative(edge_measurement, edge_sizes, verdict):
+    """The printed 1-s >> log(n)^5/n is a *sufficient* condition (full §5.1: 'it is highly likely that phase transition
+    occurs at a smaller threshold').  Its testable content: stability holds at every density above it, i.e. the
+    measured transition lies below it.  Statistic log rho*(n) at each width; one-sided check log rho* <= log(log^5 n/n)
+    (Bonferroni over widths).  The bound is vacuous (>= 1: no pruning at all) for every n < 3.3e5, so this holds
+    trivially at reachable widths; how conservative it is, the ratio (log^5 n/n) / rho*, is recorded per width.
+    Negative control: reading the bound as the location of the transition (log rho* = log(log^5 n/n), an order of
+    magnitude of slack for the '~') is rejected at the largest width."""
     widths, logs, ses, _, _ = edge_measurement
-    n = widths[-1]
-    verdict.check(compare("edge-of-stability", "log rho*(n_max) vs log(log^5 n / n)", Estimate(logs[-1], ses[-1], math.inf, 1),
-                          math.log(edge_of_stability_density(n)), model_error=math.log(10), sizes=dict(n=n)))
+    _, batch, l1, l2 = edge_sizes
+    bound = np.log([edge_of_stability_density(n) for n in widths])
+    verdict.note(sufficient_density_over_rho_star=np.round(np.exp(bound - logs), 1).tolist(),
+                 sufficient_density=np.round(np.exp(bound), 2).tolist(), vacuous_below_width=VACUOUS_BELOW)
+    for n, lr, se, b in zip(widths, logs, ses, bound):
+        verdict.check(compare_at_most("edge-of-stability", f"log rho*(n={n}) <= log(log^5 n / n) (sufficient condition)",
+                                      Estimate(lr, se, math.inf, batch), b, sizes=dict(n=n, B=batch, L1=l1, L2=l2),
+                                      family=len(widths)))
+    verdict.reject(compare("edge-of-stability", "log rho*(n_max) vs log(log^5 n / n) read as the transition (negative "
+                           "control)", Estimate(logs[-1], ses[-1], math.inf, batch), bound[-1], model_error=math.log(10),
+                           sizes=dict(n=widths[-1], B=batch, L1=l1, L2=l2)))
+
+
+#: log(n)^5 / n >= 1 (the sufficient density allows no pruning) for every width below this one (the root of
+#: 5 log log n = log n is n = 332,105).
+VACUOUS_BELOW = 332_105
 
 
 # --- property: scaled random pruning is stable at every sparsity with (1-s) n >= 32 -------------------

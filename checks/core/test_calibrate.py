@@ -1,0 +1,81 @@
+"""The calibration command (python -m theorems.calibrate): bookkeeping, the local and the Ray path, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from theorems.budget import PER_ASSERTION_RATE
+from theorems.calibrate import summarize, xdist_workers
+
+ROOT = Path(__file__).resolve().parents[2]
+SELECTION = ["checks/claims/test_lyapunov.py::test_log_image_norm_is_exactly_L_gamma1[1-bernoulli]",
+             "checks/core/test_determinism.py::test_fingerprint", "-n", "0"]
+
+
+def _calibrate(tmp_path, *args, out="cal.json"):
+    cmd = [sys.executable, "-m", "theorems.calibrate", *args, f"--out={tmp_path / out}"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _run(seed, failed=(), status=None):
+    return {"seed": seed, "exit_status": (1 if failed else 0) if status is None else status, "duration_s": 1.0,
+            "failed": list(failed), "fingerprint": "x", "slots_used": 2.0, "check_slots": {"a::t": 2.0, "a::u": 1.0}}
+
+
+def test_summary_counts_failures_and_flags_improbable_ones():
+    runs = [_run(1), _run(2, ["a::t"]), _run(3, ["a::t", "a::u"]), _run(4)]
+    doc = summarize(runs)
+    assert doc["seeds"] == [1, 2, 3, 4] and doc["suite_failures"] == [2, 3] and doc["failure_rate"] == 0.5
+    assert doc["failures_per_check"] == {"a::t": 2, "a::u": 1}
+    lo, hi = doc["failure_rate_ci95"]
+    assert lo < 0.5 < hi and 0 < lo and hi < 1
+    # 2 failures in 4 seeds at a share of 2 slots x 4e-5 is improbable: flagged; so is 1 in 4 at one slot
+    flagged = {f["nodeid"]: f for f in doc["flagged"]}
+    assert flagged["a::t"]["share"] == pytest.approx(2 * PER_ASSERTION_RATE) and flagged["a::t"]["pvalue"] < 1e-6
+    assert "check_slots" not in doc["runs"][0]
+    assert summarize([_run(s) for s in range(20)])["flagged"] == []
+
+
+def test_xdist_workers_of_a_run():
+    assert xdist_workers([]) == 1
+    assert xdist_workers(["-n", "3", "-k", "x"]) == 3
+    assert xdist_workers(["-n4"]) == 4 and xdist_workers(["--numprocesses=2"]) == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="subprocess pytest")
+def test_local_and_ray_paths_give_the_same_runs(tmp_path):
+    """Two seeds of a tiny selection through the local path and through a local Ray instance: the same per-seed
+    exit status, failures and fingerprint of every recorded number (seeds depend only on master seed and node id)."""
+    pytest.importorskip("ray", reason="the 'distributed' extra is not installed")
+    local = _calibrate(tmp_path, "--seeds", "2", "--start", "5", "--workers", "2", "--", *SELECTION, out="local.json")
+    assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
+    assert "[2/2] seed" in local.stdout  # one progress line per finished seed
+    ray = _calibrate(tmp_path, "--seeds", "2", "--start", "5", "--ray", "auto", "--", *SELECTION, out="ray.json")
+    assert ray.returncode == 0, ray.stdout[-2000:] + ray.stderr[-2000:]
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("local.json", "ray.json"))
+    assert a["complete"] and b["complete"] and a["seeds"] == b["seeds"] == [5, 6]
+    strip = lambda doc: [(r["seed"], r["exit_status"], r["failed"], r["fingerprint"]) for r in doc["runs"]]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert all(r["fingerprint"] for r in a["runs"]) and a["runs"][0]["fingerprint"] != a["runs"][1]["fingerprint"]
+    assert a["suite_failures"] == [] and a["failure_rate"] == 0.0
+    assert (tmp_path / "local.md").read_text().startswith("# Calibration: 2 master seeds")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--seeds", "2", "--workers", "0"], "--workers must be >= 1"),
+    (["--seeds", "2", "--", "--no-such-option"], "PYTEST_ARGS rejected by pytest"),
+    (["--seeds", "2", "--", "--seed=3"], "must not set --seed"),
+    (["--seeds", "2", "--ray", "127.0.0.1:9", "--", *SELECTION], "no Ray cluster answers there"),
+])
+def test_bad_input_fails_before_any_run_and_writes_nothing(tmp_path, args, message):
+    if "--ray" in args:
+        pytest.importorskip("ray", reason="the 'distributed' extra is not installed")
+    res = _calibrate(tmp_path, *args)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "cal.json").exists()

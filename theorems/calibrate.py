@@ -1,0 +1,340 @@
+"""Measure the suite's false-fail rate: run it at many master seeds and count the failures.
+
+    python -m theorems.calibrate --seeds N [--start S] [--workers W] [--ray ADDRESS|auto] [--out=FILE]
+                                 [-- PYTEST_ARGS...]
+
+Each seed is one ``python -m pytest --seed S`` run of the suite (or of the selection PYTEST_ARGS make) in its own
+process, writing its report to a temporary directory; the command gathers, per seed, the exit status, the duration,
+the failed checks and a fingerprint of every recorded number, and writes ``FILE`` (JSON, default
+``reports/calibration/<time>.json``) and a markdown table next to it (same name, ``.md``):
+
+* ``runs``: per seed ``{seed, exit_status, duration_s, failed: [node ids], fingerprint, slots_used}``;
+* ``failures_per_check``: node id -> number of seeds at which it failed;
+* ``suite_failures``: seeds whose run failed; ``failure_rate`` with its exact (Clopper-Pearson) interval at 95%;
+* ``flagged``: checks whose failure count is improbable (binomial test, p < 0.01) under their share of the
+  budget (the assertion slots they use times ``theorems.budget.PER_ASSERTION_RATE``).
+
+Where the seeds run: by default as parallel local processes (``--workers``, default the cores divided by the
+xdist workers of one run).  With ``--ray auto`` (a local Ray instance) or ``--ray ADDRESS`` (an existing cluster,
+``host:port``) each seed is one Ray task (``num_gpus=1`` when the cluster has GPUs, so Ray sets
+``CUDA_VISIBLE_DEVICES``; for a remote cluster the repository travels as the job's working directory, and its
+nodes need the suite's dependencies).  The numbers are identical on both paths: a run's numbers depend only on
+its master seed and the node ids.  Ray is the optional extra ``distributed`` and is imported only when asked for.
+
+Everything is validated before the first seed runs: the counts, the Ray extra and address, and the pytest
+arguments (one ``--collect-only`` pass).  A run interrupted with Ctrl-C writes what it has with
+``"complete": false``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from scipy import stats
+
+from .budget import PER_ASSERTION_RATE, SUITE_FALSE_FAIL_RATE
+
+__all__ = ["main", "run_seed", "summarize", "parse_args", "FLAG_LEVEL"]
+
+ROOT = Path(__file__).resolve().parents[1]
+#: A check is flagged when its failure count has a binomial p-value below this under its share of the budget.
+FLAG_LEVEL = 0.01
+FAILED = ("failed", "error", "xpassed")
+
+
+class CalibrationError(Exception):
+    """A usage error, reported as one line before any seed runs."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if "--" in argv:
+        i = argv.index("--")
+        own, pytest_args = argv[:i], argv[i + 1:]
+    else:
+        own, pytest_args = argv, []
+    p = argparse.ArgumentParser(prog="python -m theorems.calibrate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, required=True, help="number of master seeds (>= 1)")
+    p.add_argument("--start", type=int, default=1, help="first master seed (>= 0; default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="seeds run at once on this machine (>= 1; default: cores / xdist workers per run)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS|auto",
+                   help="run each seed as a Ray task: 'auto' starts a local Ray instance, host:port joins a cluster")
+    p.add_argument("--out", default=None, metavar="FILE", help="JSON output (default reports/calibration/<time>.json)")
+    p.add_argument("--cwd", default=str(ROOT), help=argparse.SUPPRESS)
+    args = p.parse_args(own)
+    args.pytest_args = pytest_args
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1; got {args.seeds}")
+    if args.start < 0:
+        p.error(f"--start must be >= 0; got {args.start}")
+    if args.workers is not None and args.workers < 1:
+        p.error(f"--workers must be >= 1; got {args.workers}")
+    if any(a == "--seed" or a.startswith("--seed=") or a.startswith("--report-dir") for a in pytest_args):
+        p.error("PYTEST_ARGS must not set --seed or --report-dir: the command sets both for every run")
+    return args
+
+
+def xdist_workers(pytest_args: list[str]) -> int:
+    """The xdist workers one run uses (``-n N``, ``-n auto``, ``-nN``, ``--numprocesses=N``; 1 without)."""
+    value = None
+    for i, a in enumerate(pytest_args):
+        if a in ("-n", "--numprocesses") and i + 1 < len(pytest_args):
+            value = pytest_args[i + 1]
+        elif a.startswith("--numprocesses="):
+            value = a.split("=", 1)[1]
+        elif a.startswith("-n") and len(a) > 2:
+            value = a[2:]
+    if value is None:
+        return 1
+    if value in ("auto", "logical"):
+        return os.cpu_count() or 1
+    return max(int(value), 1)
+
+
+def _pytest_command(seed: int, report_dir: str, pytest_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--seed={seed}",
+            f"--report-dir={report_dir}", *pytest_args]
+
+
+def fingerprint(doc: dict) -> str:
+    """A digest of every recorded number of a run (node id, statistic, role, estimate, stderr, prediction)."""
+    rows = sorted((t["nodeid"], r["statistic"], r["role"], str(r["estimate"]), str(r["stderr"]), str(r["prediction"]))
+                  for t in doc["tests"] for r in t["records"])
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def run_seed(seed: int, pytest_args: list[str], cwd: str) -> dict:
+    """One run of the suite at master seed ``seed`` (a subprocess); what the calibration keeps of it."""
+    with tempfile.TemporaryDirectory(prefix=f"calibrate-{seed}-") as tmp:
+        t0 = time.time()
+        res = subprocess.run(_pytest_command(seed, tmp, pytest_args), cwd=cwd, capture_output=True, text=True)
+        duration = time.time() - t0
+        latest = Path(tmp) / "latest" / "verdicts.json"
+        if not latest.exists():
+            return {"seed": seed, "exit_status": res.returncode, "duration_s": round(duration, 2), "failed": [],
+                    "fingerprint": None, "slots_used": 0,
+                    "error": (res.stdout[-1500:] + res.stderr[-1500:]).strip() or "no report written"}
+        doc = json.loads(latest.read_text())
+    tests = doc["tests"]
+    return {
+        "seed": seed, "exit_status": res.returncode, "duration_s": round(duration, 2),
+        "failed": sorted(t["nodeid"] for t in tests if t["outcome"] in FAILED),
+        "fingerprint": fingerprint(doc),
+        "slots_used": doc.get("budget", {}).get("slots_used", 0),
+        "check_slots": {t["nodeid"]: _slots(t) for t in tests},
+    }
+
+
+def _slots(test: dict) -> float:
+    return test.get("statistical_slots", 0) + sum(float(r.get("slots", 1.0)) for r in test["records"]
+                                                  if r["role"] != "measurement")
+
+
+def summarize(runs: list[dict], *, complete: bool = True, meta: dict | None = None) -> dict:
+    """The calibration document from per-seed runs (see the module docstring)."""
+    runs = sorted(runs, key=lambda r: r["seed"])
+    n = len(runs)
+    failed_runs = [r for r in runs if r["exit_status"] != 0]
+    per_check = Counter(nid for r in runs for nid in r["failed"])
+    slots = {}
+    for r in runs:
+        for nid, s in r.get("check_slots", {}).items():
+            slots[nid] = max(slots.get(nid, 0.0), s)
+    flagged = []
+    for nid, count in sorted(per_check.items()):
+        share = max(slots.get(nid, 1.0), 1.0) * PER_ASSERTION_RATE
+        p = float(stats.binom.sf(count - 1, n, share))
+        if p < FLAG_LEVEL:
+            flagged.append({"nodeid": nid, "failures": count, "share": share, "pvalue": p})
+    k = len(failed_runs)
+    ci = stats.binomtest(k, n, SUITE_FALSE_FAIL_RATE).proportion_ci(0.95, method="exact") if n else None
+    return {
+        **(meta or {}),
+        "complete": complete,
+        "seeds": [r["seed"] for r in runs],
+        "runs": [{key: v for key, v in r.items() if key != "check_slots"} for r in runs],
+        "failures_per_check": dict(sorted(per_check.items())),
+        "suite_failures": [r["seed"] for r in failed_runs],
+        "failure_rate": k / n if n else None,
+        "failure_rate_ci95": [ci.low, ci.high] if ci else None,
+        "budget": SUITE_FALSE_FAIL_RATE,
+        "budget_pvalue": float(stats.binom.sf(k - 1, n, SUITE_FALSE_FAIL_RATE)) if n else None,
+        "flagged": flagged,
+        "mean_duration_s": round(sum(r["duration_s"] for r in runs) / n, 1) if n else None,
+    }
+
+
+def render_markdown(doc: dict) -> str:
+    lines = [f"# Calibration: {len(doc['seeds'])} master seeds" + ("" if doc["complete"] else " (INCOMPLETE)"), "",
+             f"pytest arguments: `{' '.join(doc.get('pytest_args', [])) or '(whole suite)'}` · where: "
+             f"{doc.get('where', '?')} · mean duration {doc['mean_duration_s']} s", ""]
+    if doc["failure_rate"] is not None:
+        lo, hi = doc["failure_rate_ci95"]
+        lines += [f"**Runs with a failure: {len(doc['suite_failures'])} of {len(doc['seeds'])}** "
+                  f"(rate {doc['failure_rate']:.3g}, 95% interval [{lo:.3g}, {hi:.3g}]; budget {doc['budget']:g}, "
+                  f"binomial p = {doc['budget_pvalue']:.3g})", ""]
+    lines += ["| seed | exit | duration (s) | failed checks |", "|---|---|---|---|"]
+    for r in doc["runs"]:
+        failed = "<br>".join(f"`{f}`" for f in r["failed"]) or ("(no report: see JSON)" if r.get("error") else "")
+        lines.append(f"| {r['seed']} | {r['exit_status']} | {r['duration_s']} | {failed} |")
+    if doc["failures_per_check"]:
+        lines += ["", "| check | failures | flagged (improbable under its share of the budget) |", "|---|---|---|"]
+        flagged = {f["nodeid"]: f for f in doc["flagged"]}
+        for nid, c in doc["failures_per_check"].items():
+            f = flagged.get(nid)
+            lines.append(f"| `{nid}` | {c} | {'p = %.2g' % f['pvalue'] if f else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(doc: dict, out: Path):
+    """JSON and markdown, each written to a temporary file and renamed (never half-written)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out, json.dumps(doc, indent=1)), (out.with_suffix(".md"), render_markdown(doc))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def check_pytest_args(pytest_args: list[str], cwd: str):
+    """One ``--collect-only`` pass: unknown options or a selection with no test are usage errors."""
+    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          *[a for a in pytest_args if not _is_xdist_arg(a, pytest_args)]],
+                         cwd=cwd, capture_output=True, text=True)
+    if res.returncode == 4:
+        msg = next((l for l in res.stderr.splitlines() if "error" in l.lower()), res.stderr.strip()[-300:])
+        raise CalibrationError(f"PYTEST_ARGS rejected by pytest: {msg}")
+    if res.returncode == 5:
+        raise CalibrationError(f"PYTEST_ARGS select no test: {' '.join(pytest_args)}")
+    if res.returncode != 0:
+        raise CalibrationError(f"collecting with PYTEST_ARGS failed (exit {res.returncode}): {res.stdout[-300:]}")
+
+
+def _is_xdist_arg(a: str, args: list[str]) -> bool:
+    i = args.index(a)
+    return a in ("-n", "--numprocesses") or a.startswith("-n") and len(a) > 2 or a.startswith("--numprocesses=") or \
+        (i > 0 and args[i - 1] in ("-n", "--numprocesses"))
+
+
+def _ray_module():
+    try:
+        import ray
+    except ImportError:
+        raise CalibrationError("--ray needs Ray: pip install -e \".[distributed]\" (or pip install 'ray>=2.9')") from None
+    return ray
+
+
+def _check_address(address: str):
+    host, _, port = address.rpartition(":")
+    if host.startswith("ray://"):
+        host = host[len("ray://"):]
+    if not host or not port.isdigit():
+        raise CalibrationError(f"--ray must be 'auto' or host:port; got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise CalibrationError(f"--ray {address}: no Ray cluster answers there ({exc})") from None
+
+
+def _progress(r: dict, done: int, total: int):
+    status = "ok" if r["exit_status"] == 0 else f"FAILED (exit {r['exit_status']}): {', '.join(r['failed']) or r.get('error', '')[:200]}"
+    print(f"[{done}/{total}] seed {r['seed']}: {r['duration_s']:.0f} s, {status}", flush=True)
+
+
+def run_local(seeds, pytest_args, cwd, workers):
+    runs = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_seed, s, pytest_args, cwd) for s in seeds]
+        try:
+            for fut in as_completed(futures):
+                runs.append(fut.result())
+                _progress(runs[-1], len(runs), len(seeds))
+        except KeyboardInterrupt:
+            for f in futures:
+                f.cancel()
+            raise _Interrupted(runs) from None
+    return runs
+
+
+def run_ray(seeds, pytest_args, cwd, address, per_run_cpus):
+    ray = _ray_module()
+    if address == "auto":
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        remote_cwd = cwd
+    else:
+        ray.init(address=address if address.startswith("ray://") else address, log_to_driver=False,
+                 runtime_env={"working_dir": cwd, "excludes": [".git", ".venv", "reports", "*.egg-info", ".hypothesis"]})
+        remote_cwd = None  # the job's working directory on each node
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        task = ray.remote(num_cpus=per_run_cpus, num_gpus=1 if gpus else 0)(
+            lambda s: run_seed(s, pytest_args, remote_cwd or os.getcwd()))
+        pending = [task.remote(s) for s in seeds]
+        runs = []
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                runs.append(ray.get(done[0]))
+                _progress(runs[-1], len(runs), len(seeds))
+        except KeyboardInterrupt:
+            raise _Interrupted(runs) from None
+        return runs
+    finally:
+        ray.shutdown()
+
+
+class _Interrupted(Exception):
+    def __init__(self, runs):
+        super().__init__("interrupted")
+        self.runs = runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    seeds = list(range(args.start, args.start + args.seeds))
+    per_run = xdist_workers(args.pytest_args)
+    workers = args.workers or max(1, (os.cpu_count() or 1) // per_run)
+    out = Path(args.out) if args.out else Path(args.cwd) / "reports" / "calibration" / (
+        _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".json")
+    try:
+        if args.ray:
+            _ray_module()
+            if args.ray != "auto":
+                _check_address(args.ray)
+        check_pytest_args(args.pytest_args, args.cwd)
+    except CalibrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    where = f"ray {args.ray}" if args.ray else f"local, {workers} at once"
+    meta = {"pytest_args": args.pytest_args, "where": where, "xdist_workers_per_run": per_run,
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    print(f"calibrating: seeds {seeds[0]}..{seeds[-1]} ({where}); pytest {' '.join(args.pytest_args) or '(whole suite)'}",
+          flush=True)
+    try:
+        runs = (run_ray(seeds, args.pytest_args, args.cwd, args.ray, per_run) if args.ray
+                else run_local(seeds, args.pytest_args, args.cwd, workers))
+        complete = True
+    except _Interrupted as stop:
+        runs, complete = stop.runs, False
+    doc = summarize(runs, complete=complete, meta=meta)
+    _write(doc, out)
+    lo, hi = doc["failure_rate_ci95"] or (float("nan"), float("nan"))
+    print(f"{len(doc['suite_failures'])} of {len(runs)} runs failed (95% interval [{lo:.3g}, {hi:.3g}]; budget "
+          f"{SUITE_FALSE_FAIL_RATE:g}); flagged: {[f['nodeid'] for f in doc['flagged']] or 'none'}; wrote {out}"
+          + ("" if complete else " (INCOMPLETE: interrupted)"), flush=True)
+    return 0 if complete else 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
