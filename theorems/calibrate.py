@@ -213,7 +213,8 @@ def check_pytest_args(pytest_args: list[str], cwd: str):
                           *[a for a in pytest_args if not _is_xdist_arg(a, pytest_args)]],
                          cwd=cwd, capture_output=True, text=True)
     if res.returncode == 4:
-        msg = next((l for l in res.stderr.splitlines() if "error" in l.lower()), res.stderr.strip()[-300:])
+        lines = [line.strip() for line in res.stderr.splitlines() if line.strip()]
+        msg = next((line for line in reversed(lines) if "error" in line.lower()), res.stderr.strip()[-300:])
         raise CalibrationError(f"PYTEST_ARGS rejected by pytest: {msg}")
     if res.returncode == 5:
         raise CalibrationError(f"PYTEST_ARGS select no test: {' '.join(pytest_args)}")

@@ -112,10 +112,10 @@ def sample_weights(
 ) -> torch.Tensor:
     """One layer of weights for B networks: iid N(0, sigma2/n), optionally correlated and pruned."""
     std = math.sqrt(sigma2 / width)
-    w = torch.randn((batch, width, width), generator=generator, device=device, dtype=dtype) * std
+    w = torch.randn((batch, width, width), generator=generator, device=device, dtype=dtype).mul_(std)
     if eta:
-        shared = torch.randn((batch, 1, 1), generator=generator, device=device, dtype=dtype) * std
-        w = w + eta * shared
+        shared = torch.randn((batch, 1, 1), generator=generator, device=device, dtype=dtype)
+        w.add_(shared.mul_(eta * std))
     if pruning is not None:
         w = pruning.scale * prune_mask(w, pruning, generator) * w
     return w

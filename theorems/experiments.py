@@ -6,6 +6,7 @@ checks only arrange, measure and compare.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -15,6 +16,7 @@ import torch
 from .ensembles import Ensemble, Factor, Pruning, prune_mask
 from .predictions import volume_gap
 from .spectral import (
+    iterate_products,
     log_singular_values,
     log_spectral_norm,
     lyapunov_qr,
@@ -27,6 +29,7 @@ from .stats import Estimate, mean_estimate, paired_slope, per_layer_slopes
 
 __all__ = [
     "log_norms_at",
+    "correlated_log_norms_at",
     "log_singular_values_at",
     "depth_slope",
     "slope_model_error",
@@ -64,6 +67,66 @@ def log_norms_at(ens: Ensemble, depths: Sequence[int], gen, device="cpu") -> dic
         at = products_at(part.factors(gen, device=device), depths)
         parts.append({d: _np(log_spectral_norm(p)) for d, p in at.items()})
     return {d: np.concatenate([p[d] for p in parts]) for d in parts[0]}
+
+
+def _coupled_correlated_factors(ens: Ensemble, etas: Sequence[float], gen, device):
+    """Per layer, one :class:`Factor` per eta: ``W_ind + eta w`` with the same ``W_ind`` (iid N(0, σ²/n)), the same
+    shared ``w ~ N(0, σ²/n)`` per layer and network, the same input and the same Bernoulli gate noise for every eta
+    (common random numbers); ReLU gates follow each eta's own pre-activations."""
+    n, b, dtype = ens.width, ens.batch, torch.float64
+    std = math.sqrt(ens.sigma2 / n)
+    pres = None
+    if ens.gates == "relu":
+        x = (torch.randn((b, n), generator=gen, device=device, dtype=dtype) if ens.inputs is None
+             else ens.inputs.to(device=device, dtype=dtype).expand(b, n).clone())
+        pres = [x.clone() for _ in etas]
+    for layer in range(1, ens.depth + 1):
+        w_ind = torch.randn((b, n, n), generator=gen, device=device, dtype=dtype).mul_(std)
+        shared = torch.randn((b, 1, 1), generator=gen, device=device, dtype=dtype).mul_(std)
+        common = None
+        if ens.gates == "bernoulli":
+            common = (torch.rand((b, n), generator=gen, device=device, dtype=dtype) < ens.keep_prob).to(dtype)
+        out = []
+        for i, eta in enumerate(etas):
+            w = w_ind + eta * shared if eta else w_ind
+            gate = None
+            if layer > 1 or ens.input_gate:
+                gate = (pres[i] > 0).to(dtype) if ens.gates == "relu" else common
+            if ens.gates == "relu":
+                pre = torch.einsum("bij,bj->bi", w, torch.relu(pres[i]))
+                norm = torch.linalg.vector_norm(pre, dim=-1, keepdim=True)
+                pres[i] = pre / torch.where(norm > 0, norm, torch.ones_like(norm))
+            out.append(Factor(w, gate))
+        yield out
+
+
+def _pick(stream, i):
+    for layer in stream:
+        yield layer[i]
+
+
+def correlated_log_norms_at(ens: Ensemble, etas: Sequence[float], depths: Sequence[int], gen,
+                            device="cpu") -> list[dict[int, np.ndarray]]:
+    """log||J_L|| per network at each depth, for correlated weights ``W_ind + eta w`` at every eta of ``etas``
+    (claim correlated-weights), with common random numbers: one ``W_ind``, one shared ``w`` per layer and network,
+    one input (and the same gate noise in the gated model) for all etas; eta = 0 is the iid reference.  Each eta's
+    sample has the law of ``ens.with_(eta=eta)``; jointly they are coupled network by network, so differences between
+    etas (a threshold, a gap to iid) carry far less sampling noise: resample them jointly (``paired=True`` in
+    :func:`bootstrap_crossing`).  Returns one dict depth -> (B,) array per eta, in the order of ``etas``."""
+    if ens.pruning is not None or ens.eta:
+        raise ValueError("the coupled ensemble takes its etas from `etas`; give an unpruned ensemble with eta = 0")
+    wanted = sorted(set(depths))
+    parts = []
+    for part in chunks(ens.with_(depth=max(wanted))):
+        streams = itertools.tee(_coupled_correlated_factors(part, list(etas), gen, device), len(etas))
+        products = [iterate_products(_pick(s, i), renorm_every=4) for i, s in enumerate(streams)]
+        found = [dict() for _ in etas]
+        for step in zip(*products):
+            for i, prod in enumerate(step):
+                if prod.depth in wanted:
+                    found[i][prod.depth] = _np(log_spectral_norm(prod))
+        parts.append(found)
+    return [{d: np.concatenate([p[i][d] for p in parts]) for d in wanted} for i in range(len(etas))]
 
 
 def log_singular_values_at(ens: Ensemble, depths: Sequence[int], k: int, gen, device="cpu") -> dict[int, np.ndarray]:
@@ -142,9 +205,10 @@ def crossing(xs: Sequence[float], deviation: Sequence[float], theta: float) -> f
 
 
 def bootstrap_crossing(xs, samples: Sequence[np.ndarray], reference: np.ndarray, theta: float,
-                       rng: np.random.Generator, reps: int = 400, statistic=np.median) -> Estimate:
+                       rng: np.random.Generator, reps: int = 400, statistic=np.median, paired: bool = False) -> Estimate:
     """Crossing point of ``statistic(sample) - statistic(reference)`` over xs with a bootstrap stderr
-    (in log x).  Returns an Estimate of ``log x*``."""
+    (in log x).  Returns an Estimate of ``log x*``.  ``paired``: the samples and the reference are the same
+    networks (common random numbers), so each replicate resamples one set of networks for all of them."""
 
     def dev(ss, ref):
         r = statistic(ref)
@@ -152,9 +216,15 @@ def bootstrap_crossing(xs, samples: Sequence[np.ndarray], reference: np.ndarray,
 
     point = crossing(xs, dev(samples, reference), theta)
     boots = []
+    if paired and any(s.size != reference.size for s in samples):
+        raise ValueError("paired samples must all have the reference's size")
     for _ in range(reps):
-        ss = [s[rng.integers(0, s.size, s.size)] for s in samples]
-        ref = reference[rng.integers(0, reference.size, reference.size)]
+        if paired:
+            idx = rng.integers(0, reference.size, reference.size)
+            ss, ref = [s[idx] for s in samples], reference[idx]
+        else:
+            ss = [s[rng.integers(0, s.size, s.size)] for s in samples]
+            ref = reference[rng.integers(0, reference.size, reference.size)]
         boots.append(crossing(xs, dev(ss, ref), theta))
     logs = np.log(np.asarray(boots))
     logs = logs[np.isfinite(logs)]

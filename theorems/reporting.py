@@ -112,7 +112,7 @@ def claim_verdict(tests: list[dict]) -> str:
 
 
 def claim_table(tests: list[dict]) -> dict:
-    """Per claim: its verdict over all its checks, its errata (with the checks that show them), and per statement
+    """Per claim: the verdict of its own (``main``) statement, its errata (with the checks that show them), and per statement
     (the claim's own, ``main``, and its named ones) the source, the printed sentence, the reading and a verdict."""
     by_claim, by_statement = defaultdict(list), defaultdict(list)
     for t in tests:
@@ -124,8 +124,8 @@ def claim_table(tests: list[dict]) -> dict:
     for cid, c in CLAIMS.items():
         statements = {MAIN: (c.source, c.printed, c.reading), **{k: (s.source, s.printed, s.reading)
                                                                   for k, s in c.statements.items()}}
-        table[cid] = {
-            "verdict": claim_verdict(by_claim.get(cid, [])), "source": c.source, "version": c.version,
+        table[cid] = {  # the claim's verdict is its own statement's; named statements carry their own
+            "verdict": claim_verdict(by_statement.get((cid, MAIN), [])), "source": c.source, "version": c.version,
             "printed": c.printed, "reading": c.reading, "checks": [t["nodeid"] for t in by_claim.get(cid, [])],
             "errata": list(c.errata),
             "erratum_checks": {t["nodeid"]: t["outcome"] for t in by_claim.get(cid, []) if t.get("erratum")},

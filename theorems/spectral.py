@@ -84,8 +84,8 @@ def iterate_products(factors: Iterable[Factor], *, renorm_every: int = 1) -> Ite
         if matrix is None:
             matrix = w * gate.unsqueeze(-2) if gate is not None else w.clone()
             log_scale = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-        else:
-            matrix = torch.matmul(w * gate.unsqueeze(-2) if gate is not None else w, matrix)
+        else:  # W (D M): the gate scales the rows of the running product (never in place: it may have been yielded)
+            matrix = torch.matmul(w, gate.unsqueeze(-1) * matrix if gate is not None else matrix)
         if depth % renorm_every == 0:
             matrix, log_scale = _renormalise(matrix, log_scale)
             if renorm_every > 1 and not torch.isfinite(log_scale[~torch.isneginf(log_scale)]).all():
@@ -110,7 +110,7 @@ def products_at(factors: Iterable[Factor], depths: Sequence[int]) -> dict[int, L
     """The partial products at the requested depths, from one streaming pass."""
     wanted = sorted({check_int("depth", d) for d in depths})
     out = {}
-    for prod in iterate_products(factors):
+    for prod in iterate_products(factors, renorm_every=4):
         if prod.depth in wanted:
             out[prod.depth] = prod
             if len(out) == len(wanted):

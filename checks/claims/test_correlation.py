@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from theorems.ensembles import Ensemble
-from theorems.experiments import bootstrap_crossing, log_norms_at, per_layer_slopes
+from theorems.experiments import bootstrap_crossing, correlated_log_norms_at, log_norms_at, per_layer_slopes
 from theorems.predictions import correlation_from_eta
 from theorems.profiles import Profile
 from theorems.seeding import derive_seed, generator
-from theorems.stats import compare, fit_chi2_per_dof, fit_slope, log_factor_allowance, mean_estimate
+from theorems.stats import compare, fit_chi2_per_dof, fit_slope, log_factor_allowance, mean_estimate, paired_difference
 
 THETA = 0.05  # 'broken': per-layer log-norm rate off by 0.05 (a factor e^±5 over 100 layers) or a collapse
 C_GRID = (0.25, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)  # eta * sqrt(n)
@@ -22,16 +22,15 @@ SIZES = (((12, 24, 48, 96, 192), dict(bernoulli=96, relu=256), 3, 23),
 
 def threshold(gates, n, batch, l1, l2, rng, device, seed):
     """log corr*(n): first correlation (scanning eta sqrt(n) over C_GRID) where the median per-layer slope
-    departs from the iid one by THETA (medians: a collapse counts once half the networks collapse);
-    bootstrap standard error."""
-    ref = log_norms_at(Ensemble(n, l2, gates=gates, batch=batch), [l1, l2], rng, device)
-    reference = per_layer_slopes(ref[l1], ref[l2], l1, l2)
-    samples = []
-    for c in C_GRID:
-        ln = log_norms_at(Ensemble(n, l2, gates=gates, batch=batch, eta=c / math.sqrt(n)), [l1, l2], rng, device)
-        samples.append(per_layer_slopes(ln[l1], ln[l2], l1, l2))
+    departs from the iid one by THETA (medians: a collapse counts once half the networks collapse); bootstrap
+    standard error.  Common random numbers: every eta and the iid reference share W_ind, the shared w and the input
+    network by network (:func:`correlated_log_norms_at`), and the bootstrap resamples networks jointly."""
+    etas = [0.0] + [c / math.sqrt(n) for c in C_GRID]
+    ln = correlated_log_norms_at(Ensemble(n, l2, gates=gates, batch=batch), etas, [l1, l2], rng, device)
+    reference, *samples = [per_layer_slopes(x[l1], x[l2], l1, l2) for x in ln]
     corr = [correlation_from_eta(c / math.sqrt(n)) for c in C_GRID]
-    return bootstrap_crossing(corr, samples, reference, THETA, np.random.default_rng(seed)), samples, reference
+    est = bootstrap_crossing(corr, samples, reference, THETA, np.random.default_rng(seed), paired=True)
+    return est, samples, reference
 
 
 GATES = ("bernoulli", "relu")
@@ -109,24 +108,18 @@ def test_threshold_scales_like_one_over_n(gates, sweep, verdict):
 @pytest.mark.parametrize("gates", GATE_MODELS, scope="module")
 def test_weak_correlation_keeps_iid_rate(gates, sweep, verdict):
     """Inside the regime (eta sqrt(n) = 1/4, corr = 1/(16 n)) the per-layer slope matches the iid one.
-    Statistic: difference of mean slopes over the same depth window; prediction 0; tolerance: the CI of
-    the difference only (the window's curvature bias is common to both ensembles under the claim, so it
-    cancels).  Negative control: far above the threshold (eta sqrt(n) = 4, corr = 16/n) it rejects."""
+    Statistic: mean over networks of the paired difference of per-layer slopes (the same W_ind, shared w and input:
+    common random numbers) over the same depth window; prediction 0; tolerance: the CI of the difference only (the
+    window's curvature bias is common to both under the claim, so it cancels).  Negative control: far above the
+    threshold (eta sqrt(n) = 4, corr = 16/n) it rejects."""
     widths, batch, l1, l2, points = sweep
     n = widths[-1]
     _, samples, reference = points[-1]
-    err = 0.0
     sizes = dict(n=n, B=batch, L1=l1, L2=l2, gates=gates)
-    ref = mean_estimate(reference)
-    inside = mean_estimate(samples[0])
-
-    def diff(a):
-        return type(a)(a.value - ref.value, math.hypot(a.stderr, ref.stderr), min(a.dof, ref.dof), a.n)
-
-    verdict.check(compare("correlated-weights", "slope(corr=1/(16n)) - slope(iid)", diff(inside), 0.0,
-                          model_error=err, sizes=sizes))
-    verdict.reject(compare("correlated-weights", "slope(corr=16/n) - slope(iid) (negative control)",
-                           diff(mean_estimate(samples[-1])), 0.0, model_error=err, sizes=sizes))
+    verdict.check(compare("correlated-weights", "slope(corr=1/(16n)) - slope(iid), paired",
+                          mean_estimate(paired_difference(samples[0], reference)), 0.0, sizes=sizes))
+    verdict.reject(compare("correlated-weights", "slope(corr=16/n) - slope(iid), paired (negative control)",
+                           mean_estimate(paired_difference(samples[-1], reference)), 0.0, sizes=sizes))
 
 
 #: The paper's Fig. 5 (full §5.3): ReLU MLP of width 256, eta in {2^-8, 2^-7} = n^-1/2 x {1/16, 1/8}, depths up to 40.

@@ -1,14 +1,21 @@
 """approx-gates (full Approximation 1, App. G.1): ReLU gates behave as iid Bernoulli(1/2), independent of W."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from theorems.ensembles import Ensemble
+from theorems.ensembles import Ensemble, sample_weights
+from theorems.experiments import chunks
 from theorems.stats import (
+    Estimate,
     binomial_pvalue,
     chi2_independence_pvalue,
+    compare,
     correlation_pvalue,
+    fit_slope,
+    log_factor_allowance,
     significance_test,
     uniformity_pvalue,
 )
@@ -44,6 +51,56 @@ def layer_sample(n, layer, batch, eta, rng, device):
 
 
 SIZES = ((100, 10, 1000), (256, 10, 2000))  # quick, full: n, layer l, N networks (paper: n=100, l=10, N=1000)
+
+
+def sign_balance_and_gate_fraction(n, layer, batch, rng, device):
+    """Per network (T_W(l), T_D(l)): the fraction of positive entries of W_l and of open gates D_l = 1{Y_l > 0} of the
+    MLP Y_k = W_k relu(Y_{k-1}) (σ² = 2) with one shared input, in chunks of networks (memory O(chunk n^2))."""
+    x = torch.randn(n, generator=rng, device=device, dtype=torch.float64)
+    t_w, t_d = [], []
+    for part in chunks(Ensemble(n, layer, batch=batch)):
+        pre = x.expand(part.batch, n)
+        for _ in range(layer):
+            w = sample_weights(part.batch, n, 2.0, rng, device=device)
+            pre = torch.einsum("bij,bj->bi", w, torch.relu(pre))
+        t_w.append((w > 0).double().mean(dim=(-2, -1)).cpu().numpy())
+        t_d.append((pre > 0).double().mean(dim=-1).cpu().numpy())
+    return np.concatenate(t_w), np.concatenate(t_d)
+
+
+def log_abs_covariance(a, b) -> Estimate:
+    """log |cov(a, b)| with a delta-method standard error (cov's se for jointly normal-ish pairs:
+    sqrt((var a var b + cov²)/N))."""
+    c = np.cov(a, b)
+    cov, n = c[0, 1], a.size
+    se = math.sqrt((c[0, 0] * c[1, 1] + cov**2) / n)
+    return Estimate(math.log(abs(cov)), se / abs(cov), n - 1, n)
+
+
+#: Widths, layer and networks of the asymptotic reading of Approximation 1 (quick, full).
+ASYMPTOTIC = (((32, 64, 128, 256), 2, 4000), ((64, 128, 256, 512, 1024), 2, 4000))
+
+
+@pytest.mark.claim("approx-gates")
+def test_gate_dependence_on_weights_vanishes_as_width_grows(profile, rng, device, verdict):
+    """Approximation 1 is an n -> inf statement.  The dependence that App. G.1 sees at n = 100 (T_W(l) and T_D(l)
+    correlated, r ≈ 0.35) is a collective mode: each gate leans on the sign balance of its row of W_l through
+    h = relu(Y_{l-1}) >= 0, by cov(1{y_i > 0}, 1{W_ij > 0}) ≈ h_j/(2π||h||) ~ n^-1/2, so cov(T_D, T_W) ~ n^-3/2 and a
+    single gate's shift per standard deviation of T_W (sd = 1/(2n) exactly), 2n cov(T_D, T_W), falls like n^-1/2:
+    the gates become independent of W as n grows, while the correlation of the two aggregates stays put.
+    Statistic: exponent of |cov(T_W(l), T_D(l))| in n (weighted fit of the delta-method log covariances); prediction
+    -3/2; model error :func:`log_factor_allowance` (a slowly varying factor, e.g. E h / sqrt(E h²)'s O(1/n) drift,
+    bounded by one power of log n: conservative).  Any layer l >= 1 has h >= 0; l = 2 keeps it cheap.  Negative control: -1, a per-gate dependence that does not vanish, is rejected."""
+    widths, layer, batch = profile.pick(*ASYMPTOTIC)
+    logs = [log_abs_covariance(*sign_balance_and_gate_fraction(n, layer, batch, rng, device)) for n in widths]
+    slope = fit_slope(np.log(widths), [e.value for e in logs], [e.stderr for e in logs])
+    allowance = log_factor_allowance(widths, stderrs=[e.stderr for e in logs])
+    sizes = dict(widths=list(widths), layer=layer, N=batch)
+    verdict.note(per_gate_shift_per_sd=[round(2 * n * math.exp(e.value), 4) for n, e in zip(widths, logs)])
+    verdict.check(compare("approx-gates", "exponent of cov(T_W(l), T_D(l)) in n", slope, -1.5, model_error=allowance,
+                          sizes=sizes))
+    verdict.reject(compare("approx-gates", "exponent vs -1, a non-vanishing per-gate dependence (negative control)",
+                           slope, -1.0, model_error=allowance, sizes=sizes))
 
 
 @pytest.fixture

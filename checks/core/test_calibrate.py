@@ -16,7 +16,7 @@ SELECTION = ["checks/claims/test_lyapunov.py::test_log_image_norm_is_exactly_L_g
 
 
 def _calibrate(tmp_path, *args, out="cal.json"):
-    cmd = [sys.executable, "-m", "theorems.calibrate", *args, f"--out={tmp_path / out}"]
+    cmd = [sys.executable, "-m", "theorems.calibrate", f"--out={tmp_path / out}", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
