@@ -31,7 +31,7 @@ from .stats import FALSE_FAIL_RATE, Comparison, assert_consistent, assert_reject
 
 __all__ = ["SCHEMA_VERSION", "Verdict", "ReportPlugin", "compare_with_baseline"]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 VERDICTS = ("confirmed", "refuted_as_printed", "inconclusive")
 
 

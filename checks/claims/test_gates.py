@@ -90,7 +90,8 @@ def test_gate_dependence_on_weights_vanishes_as_width_grows(profile, rng, device
     the gates become independent of W as n grows, while the correlation of the two aggregates stays put.
     Statistic: exponent of |cov(T_W(l), T_D(l))| in n (weighted fit of the delta-method log covariances); prediction
     -3/2; model error :func:`log_factor_allowance` (a slowly varying factor, e.g. E h / sqrt(E h²)'s O(1/n) drift,
-    bounded by one power of log n: conservative).  Any layer l >= 1 has h >= 0; l = 2 keeps it cheap.  Negative control: -1, a per-gate dependence that does not vanish, is rejected."""
+    bounded by one power of log n: conservative).  Any layer l >= 1 has h >= 0; l = 2 keeps it cheap.
+    Negative control: -1, a per-gate dependence that does not vanish, is rejected."""
     widths, layer, batch = profile.pick(*ASYMPTOTIC)
     logs = [log_abs_covariance(*sign_balance_and_gate_fraction(n, layer, batch, rng, device)) for n in widths]
     slope = fit_slope(np.log(widths), [e.value for e in logs], [e.stderr for e in logs])
@@ -145,7 +146,8 @@ def test_gate_tests_reject_strongly_correlated_weights(sizes, rng, device, seed,
 
 @pytest.mark.claim("approx-gates", statement="finite-n-remarks")
 @pytest.mark.printed
-@pytest.mark.xfail(strict=True, reason="refuted as printed (App. G.1's finite-n remark, n = 100): T_W = frac(W_l > 0) and T_D = frac(D_l = 1) are "
+@pytest.mark.xfail(strict=True, reason="refuted as printed (App. G.1's finite-n remark, n = 100): T_W = frac(W_l > 0) "
+                   "and T_D = frac(D_l = 1) are "
                    "correlated (r ≈ 0.35 at n = 100, N = 1000; p < 1e-20) because h = relu(Y_{l-1}) >= 0, so the "
                    "sign balance of W_l shifts every pre-activation W_l h the same way. The dependence is one "
                    "collective mode and does not grow with n; D_l is independent of W_{l+1}, which it multiplies in J")
@@ -160,7 +162,8 @@ def test_printed_gates_independent_of_weights(sizes, rng, device, seed, verdict)
 
 @pytest.mark.claim("approx-gates", statement="finite-n-remarks")
 @pytest.mark.printed
-@pytest.mark.xfail(strict=True, reason="refuted as printed (App. G.1's finite-n remark): at eta = 0.1 (n = 100, corr 0.0099 ≈ 1/n) the chi-square "
+@pytest.mark.xfail(strict=True, reason="refuted as printed (App. G.1's finite-n remark): at eta = 0.1 (n = 100, "
+                   "corr 0.0099 ≈ 1/n) the chi-square "
                    "p-values of 200 gate pairs are far from uniform (KS p < 1e-10): the shared shift eta w sum(h) "
                    "correlates the gates once eta sqrt(n) ~ 1; one pair's p-value (the paper's test) has little power")
 def test_printed_weak_correlation_keeps_approximation(sizes, rng, device, seed, verdict):

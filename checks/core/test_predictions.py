@@ -183,3 +183,13 @@ def test_random_scale_and_correlation():
     from checks.claims.test_pruning import VACUOUS_BELOW  # the sufficient density is >= 1 (vacuous) below it
 
     assert P.edge_of_stability_density(VACUOUS_BELOW - 1) > 1 > P.edge_of_stability_density(VACUOUS_BELOW + 1)
+
+
+def test_bartlett_offset_is_the_neighbouring_formula():
+    """dof_offset = 1 replaces chi^2_{m-i+1} by chi^2_{m-i+2} (p = 1: digamma((n-i+2)/2)); other offsets are refused."""
+    n, s2 = 16, 1.0
+    shifted = P.lyapunov_exponents(n, 1.0, s2, 2, dof_offset=1)
+    i = np.arange(1, 3)
+    assert shifted == pytest.approx(0.5 * (math.log(2 * s2 / n) + special.digamma((n - i + 2) / 2)))
+    with pytest.raises(ValueError, match="dof_offset"):
+        P.lyapunov_exponents(n, 1.0, s2, 2, dof_offset=-1)

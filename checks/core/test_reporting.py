@@ -5,7 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from theorems.reporting import SCHEMA_VERSION, claim_verdict, compare_with_baseline
+from theorems.budget import PER_ASSERTION_RATE
+from theorems.reporting import SCHEMA_VERSION, claim_table, claim_verdict, compare_with_baseline
 
 ROOT = Path(__file__).resolve().parents[2]
 SELECTION = ["checks/claims/test_lyapunov.py::test_log_image_norm_is_exactly_L_gamma1[3-bernoulli]",
@@ -19,6 +20,25 @@ def test_claim_verdicts():
     assert claim_verdict([ok, {"outcome": "failed", "printed": False}]) == "inconclusive"
     assert claim_verdict([ok, {"outcome": "skipped", "printed": False}]) == "inconclusive"
     assert claim_verdict([]) == "inconclusive"
+    # an erratum (a sentence the paper's own derivation contradicts) leaves the claim confirmed
+    assert claim_verdict([ok, {"outcome": "xfailed", "printed": False, "erratum": True}]) == "confirmed"
+
+
+def test_claim_table_has_statement_verdicts_and_errata():
+    tests = [{"nodeid": "a::main", "claims": ["approx-gates"], "statements": [["approx-gates", "main"]],
+              "outcome": "passed", "printed": False},
+             {"nodeid": "a::remark", "claims": ["approx-gates"], "statements": [["approx-gates", "finite-n-remarks"]],
+              "outcome": "xfailed", "printed": True},
+             {"nodeid": "b::erratum", "claims": ["toy-descent"], "statements": [["toy-descent", "main"]],
+              "outcome": "xfailed", "printed": False, "erratum": True}]
+    table = claim_table(tests)
+    gates = table["approx-gates"]
+    assert gates["verdict"] == "confirmed" and gates["statements"]["main"]["checks"] == ["a::main"]
+    assert gates["statements"]["finite-n-remarks"]["verdict"] == "refuted_as_printed"
+    assert "App. G.1" in gates["statements"]["finite-n-remarks"]["source"]
+    toy = table["toy-descent"]
+    assert toy["verdict"] == "confirmed" and toy["errata"] and toy["erratum_checks"] == {"b::erratum": "xfailed"}
+    assert table["lyapunov"]["verdict"] == "inconclusive"  # no check ran
 
 
 def _tests(estimate, stderr=0.01):
@@ -48,7 +68,8 @@ def test_baseline_round_trip(tmp_path):
     doc = json.loads((tmp_path / "reports" / "latest" / "verdicts.json").read_text())
     assert doc["schema_version"] == SCHEMA_VERSION
     assert doc["claims"]["lyapunov"]["verdict"] == "confirmed"
-    assert doc["claims"]["approx-gates"]["verdict"] == "refuted_as_printed"
+    assert doc["claims"]["approx-gates"]["statements"]["finite-n-remarks"]["verdict"] == "refuted_as_printed"
+    assert doc["budget"]["slots_used"] > 0 and doc["budget"]["per_assertion_rate"] == PER_ASSERTION_RATE
     assert (tmp_path / "reports" / "latest" / "summary.md").read_text().startswith("# Verdicts")
     assert _pytest(tmp_path, "--seed", "2", "--compare-baseline", str(base)).returncode == 0
     stats = json.loads(base.read_text())

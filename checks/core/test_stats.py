@@ -156,3 +156,34 @@ def test_classical_tests_have_size_and_power(seed):
     assert chi2_independence_pvalue(a, a ^ (rng.random(2000) < 0.2)) < 1e-6
     assert uniformity_pvalue(rng.random(500)) > 1e-6
     assert uniformity_pvalue(rng.random(500) ** 2) < 1e-6
+
+
+def test_miss_probability_of_a_negative_control():
+    """The estimated probability that a repetition would not reject: about 1/2 when the wrong prediction sits at the
+    interval's edge, tiny far beyond it, and from the normal deviate of the p-value for a classical test."""
+    from theorems.stats import significance_test
+
+    est = Estimate(0.0, 1.0, math.inf, 100)
+    edge = compare("t", "x", est, 0.0).half_width
+    assert compare("t", "x", est, edge).miss_probability == pytest.approx(0.5, abs=1e-9)
+    assert compare("t", "x", est, edge + 8.0).miss_probability < 1e-12
+    assert compare("t", "x", est, edge + 1.0, model_error=1.0).miss_probability == pytest.approx(0.5, abs=1e-9)
+    assert significance_test("t", "p", 0.0, n=10).miss_probability == 0.0
+    at_level = significance_test("t", "p", FALSE_FAIL_RATE, n=10).miss_probability
+    assert at_level == pytest.approx(0.5, abs=1e-9)
+
+
+def test_run_budget_counts_slots_and_fails_over_budget():
+    from theorems.budget import ASSERTION_SLOTS, PER_ASSERTION_RATE
+    from theorems.reporting import run_budget
+
+    check = {"role": "check", "slots": 0.5, "level": 1 - PER_ASSERTION_RATE / 2, "miss_probability": None}
+    control = {"role": "negative-control", "slots": 1.0, "level": 1 - PER_ASSERTION_RATE, "miss_probability": 1e-3}
+    xfail = {"role": "check", "slots": 1.0, "level": 1 - PER_ASSERTION_RATE, "miss_probability": 0.2}
+    tests = [{"records": [check, check, control]}, {"records": [xfail, dict(xfail, miss_probability=1e-6)]},
+             {"records": [], "statistical_slots": 3}]
+    b = run_budget(tests)
+    assert b["slots_used"] == pytest.approx(1 + 1 + 1 + 3)  # a strict xfail is one slot, its miss the smallest
+    assert b["estimated_false_fail_probability"] == pytest.approx(PER_ASSERTION_RATE + 1e-3 + 1e-6 + 3 * PER_ASSERTION_RATE)
+    assert b["within_budget"]
+    assert not run_budget([{"records": [], "statistical_slots": ASSERTION_SLOTS + 1}])["within_budget"]
