@@ -254,17 +254,18 @@ def _progress(r: dict, done: int, total: int):
 
 
 def run_local(seeds, pytest_args, cwd, workers):
+    """Each seed a subprocess, ``workers`` at a time (a thread pool only waits on them)."""
     runs = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_seed, s, pytest_args, cwd) for s in seeds]
-        try:
-            for fut in as_completed(futures):
-                runs.append(fut.result())
-                _progress(runs[-1], len(runs), len(seeds))
-        except KeyboardInterrupt:
-            for f in futures:
-                f.cancel()
-            raise _Interrupted(runs) from None
+    pool = ThreadPoolExecutor(max_workers=workers)
+    futures = [pool.submit(run_seed, s, pytest_args, cwd) for s in seeds]
+    try:
+        for fut in as_completed(futures):
+            runs.append(fut.result())
+            _progress(runs[-1], len(runs), len(seeds))
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)  # seeds already running finish on their own
+        raise _Interrupted(runs) from None
+    pool.shutdown()
     return runs
 
 
