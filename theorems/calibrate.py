@@ -22,8 +22,8 @@ nodes need the suite's dependencies).  The numbers are identical on both paths: 
 its master seed and the node ids.  Ray is the optional extra ``distributed`` and is imported only when asked for.
 
 Everything is validated before the first seed runs: the counts, the Ray extra and address, and the pytest
-arguments (one ``--collect-only`` pass).  A run interrupted with Ctrl-C writes what it has with
-``"complete": false``.
+arguments (one ``--collect-only`` pass).  A run interrupted with Ctrl-C (or SIGTERM) writes what it has
+with ``"complete": false``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -296,6 +297,10 @@ def run_ray(seeds, pytest_args, cwd, address, per_run_cpus):
         ray.shutdown()
 
 
+def _raise_keyboard_interrupt(*_):
+    raise KeyboardInterrupt
+
+
 class _Interrupted(Exception):
     def __init__(self, runs):
         super().__init__("interrupted")
@@ -321,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     where = f"ray {args.ray}" if args.ray else f"local, {workers} at once"
     meta = {"pytest_args": args.pytest_args, "where": where, "xdist_workers_per_run": per_run,
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    # a background job ignores Ctrl-C's SIGINT: let SIGTERM stop it the same way (finished seeds are written)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     print(f"calibrating: seeds {seeds[0]}..{seeds[-1]} ({where}); pytest {' '.join(args.pytest_args) or '(whole suite)'}",
           flush=True)
     try:
