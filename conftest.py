@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from theorems.claims import CLAIMS, MAIN
 from theorems.profiles import Profile
-from theorems.reporting import ReportPlugin, Verdict
+from theorems.reporting import ReportPlugin, Verdict, validate_options
 from theorems.seeding import canonical_nodeid, derive_seed, generator
 
 # Deterministic Hypothesis (after scipy's conftest): no deadlines on numeric code, no example
@@ -35,8 +37,15 @@ def pytest_addoption(parser):
     group.addoption("--compare-baseline", default=None, metavar="FILE",
                     help="fail if a statistic moved beyond sampling error since this baseline")
     group.addoption("--write-baseline", default=None, metavar="FILE", help="write this run's statistics as a baseline")
+    group.addoption("--claims-map", default=None, metavar="FILE", help=argparse_suppress())
     group.addoption("--claims-coverage", action="store_true",
                     help="after collection, list checks per claim id and fail if a registered claim has none")
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS  # internal: the report's collection of every registered check (reporting.registered_checks)
 
 
 def _device(config) -> str:
@@ -57,6 +66,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (full profile sizes)")
     config.addinivalue_line("markers", "statistical(k): the test asserts k random outcomes outside the verdict recorder, "
                             "each at the suite's per-assertion rate (theorems.budget)")
+    validate_options(config)
     config._theorems_device = _device(config)
     if config._theorems_device == "cuda":
         # TF32 changes float32 GEMMs; nothing that feeds a verdict may use it.
@@ -69,6 +79,13 @@ def pytest_configure(config):
     config.pluginmanager.register(ReportPlugin(config), "theorems-report")
 
 
+def pytest_report_header(config):
+    if config.getoption("--profile") == "full" and config._theorems_device == "cpu":
+        return ["theorems: --profile full on the CPU: expect hours (the full profile is sized for one GPU; the quick "
+                "profile takes about 7 minutes on 2 cores); going on"]
+    return None
+
+
 def pytest_collection_modifyitems(session, config, items):
     for item in items:
         for mark in item.iter_markers("claim"):
@@ -78,6 +95,10 @@ def pytest_collection_modifyitems(session, config, items):
             if statement is not None and statement not in CLAIMS[mark.args[0]].statements:
                 raise pytest.UsageError(f"{item.nodeid}: claim {mark.args[0]!r} has no statement {statement!r}; known: "
                                         f"{sorted(CLAIMS[mark.args[0]].statements)}")
+    claims_map = config.getoption("--claims-map")
+    if claims_map:
+        Path(claims_map).write_text(json.dumps({canonical_nodeid(item.nodeid): [
+            [m.args[0], m.kwargs.get("statement") or MAIN] for m in item.iter_markers("claim")] for item in items}))
     if config.getoption("--claims-coverage"):
         covered = {cid: [] for cid in CLAIMS}
         for item in items:

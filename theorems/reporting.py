@@ -31,8 +31,55 @@ from .stats import FALSE_FAIL_RATE, Comparison, assert_consistent, assert_reject
 
 __all__ = ["SCHEMA_VERSION", "Verdict", "ReportPlugin", "compare_with_baseline"]
 
-SCHEMA_VERSION = "1.1"
-VERDICTS = ("confirmed", "refuted_as_printed", "inconclusive")
+SCHEMA_VERSION = "1.2"
+VERDICTS = ("confirmed", "refuted_as_printed", "partial", "inconclusive")
+
+
+def validate_options(config):
+    """Every path-valued option is checked when the run starts (before any network is sampled): a usage error that
+    names the option and the problem, never a traceback at the end of the run."""
+    opt = config.getoption
+    base = opt("--compare-baseline")
+    if base:
+        path = Path(base)
+        if not path.is_file():
+            raise pytest.UsageError(f"--compare-baseline={base}: no such file")
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise pytest.UsageError(f"--compare-baseline={base}: not a baseline (unreadable JSON: {exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("statistics"), dict):
+            raise pytest.UsageError(f"--compare-baseline={base}: not a baseline (no 'statistics' object; write one with "
+                                    "--write-baseline)")
+    for name in ("--report-dir", "--write-baseline"):
+        value = opt(name)
+        if not value:
+            continue
+        target = Path(value) if name == "--report-dir" else Path(value).parent
+        problem = _unwritable(target)
+        if problem:
+            raise pytest.UsageError(f"{name}={value}: {problem}")
+        if name == "--write-baseline" and Path(value).is_dir():
+            raise pytest.UsageError(f"{name}={value}: is a directory, not a file")
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why files cannot be written in ``directory`` (created if missing), or None."""
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def write_atomically(path: Path, text: str):
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: never half-written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class Verdict:
@@ -99,20 +146,25 @@ def _float(x):
     return float(x)
 
 
-def claim_verdict(tests: list[dict]) -> str:
+def claim_verdict(tests: list[dict], registered: int | None = None) -> str:
     """confirmed: every check passed (an ``erratum`` check, a strict xfail showing a sentence that the paper's own
     derivation contradicts, leaves the verdict confirmed and is recorded with the claim's errata);
     refuted_as_printed: a printed statement is a strict xfail that failed as expected (its corrected reading
-    passed); inconclusive: anything failed, errored or was skipped, or no check ran."""
+    passed); partial: what ran would be one of those, but fewer than the ``registered`` checks ran (a selection, an
+    interrupted run); inconclusive: anything failed, errored or was skipped, or no check ran."""
     if not tests or any(t["outcome"] in ("failed", "error", "skipped", "xpassed") for t in tests):
         return "inconclusive"
+    if registered is not None and len(tests) < registered:
+        return "partial"
     if any(t["outcome"] == "xfailed" and t["printed"] and not t.get("erratum") for t in tests):
         return "refuted_as_printed"
     return "confirmed"
 
 
-def claim_table(tests: list[dict]) -> dict:
-    """Per claim: the verdict of its own (``main``) statement, its errata (with the checks that show them), and per statement
+def claim_table(tests: list[dict], registered: dict | None = None) -> dict:
+    """``registered``: node id -> [[claim, statement], ...] of every check of the suite (:func:`registered_checks`);
+    None when every registered check reported in this run.
+    Per claim: the verdict of its own (``main``) statement, its errata (with the checks that show them), and per statement
     (the claim's own, ``main``, and its named ones) the source, the printed sentence, the reading and a verdict."""
     by_claim, by_statement = defaultdict(list), defaultdict(list)
     for t in tests:
@@ -120,17 +172,31 @@ def claim_table(tests: list[dict]) -> dict:
             by_claim[c].append(t)
         for c, name in t.get("statements") or [[c, MAIN] for c in t["claims"]]:
             by_statement[c, name].append(t)
+    expected = None
+    if registered is not None:
+        expected = defaultdict(set)
+        for nodeid, pairs in registered.items():
+            for c, name in pairs:
+                expected[c, name].add(nodeid)
+                expected[c, None].add(nodeid)
+
+    def count(cid, name):
+        return None if expected is None else len(expected[cid, name] | {t["nodeid"] for t in by_statement.get((cid, name), [])})
+
     table = {}
     for cid, c in CLAIMS.items():
         statements = {MAIN: (c.source, c.printed, c.reading), **{k: (s.source, s.printed, s.reading)
                                                                   for k, s in c.statements.items()}}
         table[cid] = {  # the claim's verdict is its own statement's; named statements carry their own
-            "verdict": claim_verdict(by_statement.get((cid, MAIN), [])), "source": c.source, "version": c.version,
+            "verdict": claim_verdict(by_statement.get((cid, MAIN), []), count(cid, MAIN)), "source": c.source,
+            "version": c.version,
+            "checks_ran": f"{len(by_claim.get(cid, []))} of "
+                          f"{len(by_claim.get(cid, [])) if expected is None else len(expected[cid, None] | {t['nodeid'] for t in by_claim.get(cid, [])})}",
             "printed": c.printed, "reading": c.reading, "checks": [t["nodeid"] for t in by_claim.get(cid, [])],
             "errata": list(c.errata),
             "erratum_checks": {t["nodeid"]: t["outcome"] for t in by_claim.get(cid, []) if t.get("erratum")},
             "statements": {name: {"source": src, "printed": printed, "reading": reading,
-                                  "verdict": claim_verdict(by_statement.get((cid, name), [])),
+                                  "verdict": claim_verdict(by_statement.get((cid, name), []), count(cid, name)),
                                   "checks": [t["nodeid"] for t in by_statement.get((cid, name), [])]}
                            for name, (src, printed, reading) in statements.items()},
         }
@@ -227,9 +293,6 @@ class ReportPlugin:
         tr.write_line(f"    {r['statistic']}: {_fmt(r['estimate'])} vs {_fmt(r['prediction'])} "
                       f"(±{_fmt(r['min_discrepancy'])}; {sizes}; {report.duration:.1f} s)")
 
-    def _claim_table(self, tests):
-        return claim_table(tests)
-
     def pytest_sessionfinish(self, session, exitstatus):
         if hasattr(self.config, "workerinput"):
             return
@@ -245,7 +308,12 @@ class ReportPlugin:
             self.baseline_problems = compare_with_baseline(tests, json.loads(Path(base).read_text()))
             if self.baseline_problems:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        claims = self._claim_table(tests)
+        selection = run_selection(self.config)
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop) or bool(session.shouldfail)
+        registered = None
+        if interrupted or selection["filtered"]:  # which checks did not report: ask a full collection
+            registered = registered_checks(self.config)
+        claims = claim_table(tests, registered)
         run = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         meta = {
             "schema_version": SCHEMA_VERSION, "suite_version": __version__, "run": run,
@@ -253,6 +321,8 @@ class ReportPlugin:
             "false_fail_rate": FALSE_FAIL_RATE, "budget": self.budget, "duration_s": round(time.time() - self.started, 2),
             "python": platform.python_version(), "torch": _torch_version(), "pinned_versions": PINNED_VERSIONS,
             "workers": os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"),
+            "interrupted": interrupted, "selection": selection,
+            "checks_registered": None if registered is None else len(registered),
             "baseline": {"file": base, "problems": self.baseline_problems} if base else None,
         }
         doc = _jsonable({**meta, "claims": claims, "tests": tests})
@@ -263,18 +333,12 @@ class ReportPlugin:
             out = root / f"{run}-{n}"
             n += 1
         out.mkdir(parents=True)
-        (out / "verdicts.json").write_text(json.dumps(doc, indent=1, sort_keys=False))
-        (out / "summary.md").write_text(render_summary(doc))
-        latest = root / "latest"
-        try:
-            if latest.is_symlink() or latest.exists():
-                latest.unlink()
-            latest.symlink_to(out.name)
-        except OSError:  # pragma: no cover - filesystems without symlinks
-            (root / "LATEST").write_text(out.name)
+        write_atomically(out / "verdicts.json", json.dumps(doc, indent=1, sort_keys=False))
+        write_atomically(out / "summary.md", render_summary(doc))
+        _point_latest(root, out.name)
         wb = opt("--write-baseline")
         if wb:
-            Path(wb).write_text(json.dumps(make_baseline(doc), indent=1))
+            write_atomically(Path(wb), json.dumps(make_baseline(doc), indent=1))
         self.report_dir = out
         if opt("--figures"):
             from .figures import write_figures
@@ -290,7 +354,8 @@ class ReportPlugin:
         doc = json.loads((self.report_dir / "verdicts.json").read_text())
         for cid, c in doc["claims"].items():
             extra = " + erratum" if c.get("errata") and c["verdict"] == "confirmed" else ""
-            tr.write_line(f"{c['verdict'] + extra:>29}  {cid}  ({c['source']})")
+            ran = f"  [{c['checks_ran']} checks ran]" if c["verdict"] == "partial" else ""
+            tr.write_line(f"{c['verdict'] + extra:>29}  {cid}  ({c['source']}){ran}")
             for name, st in c.get("statements", {}).items():
                 if name != MAIN:
                     tr.write_line(f"{st['verdict']:>29}    {cid} / {name}  ({st['source'][:60]})")
@@ -305,6 +370,55 @@ class ReportPlugin:
             tr.write_line(f"OVER BUDGET: this run made {b['slots_used']:g} statistical assertions but the budget is split "
                           f"over {ASSERTION_SLOTS} (theorems/budget.py): raise ASSERTION_SLOTS", red=True)
         tr.write_line(f"report: {self.report_dir}/summary.md")
+
+
+def _point_latest(root: Path, name: str):
+    """Switch ``root/latest`` to ``name`` atomically (a new link renamed over the old one)."""
+    tmp = root / f".latest.{os.getpid()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(name)
+        os.replace(tmp, root / "latest")
+    except OSError:  # pragma: no cover - filesystems without symlinks
+        write_atomically(root / "LATEST", name)
+
+
+def run_selection(config) -> dict:
+    """What the run was asked to run: its path arguments, -k / -m expressions and --deselect; ``filtered`` when any of
+    them narrows the suite's own test paths."""
+    testpaths = [str(p) for p in (config.getini("testpaths") or [])]
+    args = [a for a in config.args if a]
+    keyword, markexpr = config.getoption("keyword", ""), config.getoption("markexpr", "")
+    deselect = config.getoption("deselect", None) or []
+    last_failed = bool(config.getoption("lf", False) or config.getoption("last_failed_no_failures", None) == "none")
+    narrowed = bool(args) and sorted(Path(a).resolve() for a in args) != sorted(
+        (config.rootpath / p).resolve() for p in testpaths)
+    return {"args": args, "keyword": keyword, "markexpr": markexpr, "deselect": list(deselect),
+            "filtered": bool(narrowed or keyword or markexpr or deselect or last_failed)}
+
+
+def registered_checks(config) -> dict:
+    """node id -> [[claim, statement], ...] of every check of the suite's test paths in this profile, from a collection
+    in a subprocess (a few seconds; only for filtered or interrupted runs)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "claims.json"
+        cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0",
+               f"--profile={config.getoption('--profile')}", f"--claims-map={out}",
+               *[str(p) for p in (config.getini("testpaths") or [])]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+        subprocess.run(cmd, cwd=config.rootpath, capture_output=True, text=True, env=env, timeout=300)
+        if not out.exists():
+            import warnings
+
+            warnings.warn(f"theorems: could not collect the suite's registered checks ({' '.join(cmd)}): verdicts count "
+                          "only the checks that ran", stacklevel=1)
+            return {}
+        return {k: v for k, v in json.loads(out.read_text()).items() if v}
 
 
 def _torch_version():
@@ -368,6 +482,17 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _selection_lines(doc) -> list[str]:
+    sel, lines = doc.get("selection") or {}, []
+    if doc.get("interrupted"):
+        lines.append("**This run was interrupted**: verdicts cover only the checks that reported.")
+    if sel.get("filtered"):
+        what = ", ".join(f"{k} {v!r}" for k, v in sel.items() if k != "filtered" and v)
+        lines.append(f"**Filtered run** ({what}): {len(doc['tests'])} of {doc.get('checks_registered')} registered "
+                     "checks ran; a claim is `partial` when some of its checks did not run.")
+    return lines + [""] if lines else []
+
+
 def _budget_line(b) -> str:
     if not b:
         return ""
@@ -382,6 +507,7 @@ def render_summary(doc: dict) -> str:
         f"profile `{doc['profile']}` · device `{doc['device']}` · master seed {doc['master_seed']} · "
         f"torch {doc['torch']} · {doc['duration_s']} s", "",
         _budget_line(doc.get("budget")), "",
+        *_selection_lines(doc),
         "| claim | source | printed statement | reading tested | verdict | key figures |",
         "|---|---|---|---|---|---|",
     ]
@@ -395,6 +521,8 @@ def render_summary(doc: dict) -> str:
                 figs.append(f"{r['statistic']}: {_fmt(r['estimate'])} vs {_fmt(r['prediction'])}{tag}")
         key = "<br>".join(figs[:4]) or "no check ran in this run"
         verdict = f"**{c['verdict']}**" + (" with erratum" if c.get("errata") and c["verdict"] == "confirmed" else "")
+        if c.get("verdict") == "partial":
+            verdict += f" ({c['checks_ran']} checks ran)"
         cells = [f"`{cid}`", c["source"], c["printed"], c["reading"], verdict, key]
         lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
         for name, st in (c.get("statements") or {}).items():

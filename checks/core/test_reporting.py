@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from theorems.budget import PER_ASSERTION_RATE
 from theorems.reporting import SCHEMA_VERSION, claim_table, claim_verdict, compare_with_baseline
 
@@ -67,8 +69,13 @@ def test_baseline_round_trip(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:]
     doc = json.loads((tmp_path / "reports" / "latest" / "verdicts.json").read_text())
     assert doc["schema_version"] == SCHEMA_VERSION
-    assert doc["claims"]["lyapunov"]["verdict"] == "confirmed"
-    assert doc["claims"]["approx-gates"]["statements"]["finite-n-remarks"]["verdict"] == "refuted_as_printed"
+    # a selection: lyapunov's other checks did not run, so it is partial, not confirmed
+    assert doc["selection"]["filtered"] and not doc["interrupted"] and doc["checks_registered"] > 50
+    assert doc["claims"]["lyapunov"]["verdict"] == "partial"
+    ran, total = doc["claims"]["lyapunov"]["checks_ran"].split(" of ")
+    assert ran == "1" and int(total) > 5
+    assert "Filtered run" in (tmp_path / "reports" / "latest" / "summary.md").read_text()
+    assert doc["claims"]["approx-gates"]["statements"]["finite-n-remarks"]["verdict"] == "partial"  # 1 of its 2 checks
     assert doc["budget"]["slots_used"] > 0 and doc["budget"]["per_assertion_rate"] == PER_ASSERTION_RATE
     assert (tmp_path / "reports" / "latest" / "summary.md").read_text().startswith("# Verdicts")
     assert _pytest(tmp_path, "--seed", "2", "--compare-baseline", str(base)).returncode == 0
@@ -79,3 +86,22 @@ def test_baseline_round_trip(tmp_path):
     base.write_text(json.dumps(stats))
     res = _pytest(tmp_path, "--seed", "2", "--compare-baseline", str(base))
     assert res.returncode != 0 and "BASELINE SHIFT" in res.stdout, res.stdout[-2000:]
+
+
+BAD_OPTIONS = [
+    ("--compare-baseline={tmp}/missing.json", "--compare-baseline=", "no such file"),
+    ("--compare-baseline={tmp}/corrupt.json", "--compare-baseline=", "not a baseline"),
+    ("--report-dir={tmp}/file/reports", "--report-dir=", "is not a directory"),
+    ("--write-baseline={tmp}/file/base.json", "--write-baseline=", "is not a directory"),
+]
+
+
+@pytest.mark.parametrize("option, name, problem", BAD_OPTIONS, ids=["missing-baseline", "corrupt-baseline",
+                                                                     "report-dir", "write-baseline"])
+def test_bad_options_are_usage_errors_before_any_work(tmp_path, option, name, problem):
+    (tmp_path / "corrupt.json").write_text("{not json")
+    (tmp_path / "file").write_text("a file, not a directory")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", option.format(tmp=tmp_path), SELECTION[0]]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 4, res.stdout[-1000:] + res.stderr[-1000:]  # pytest's usage-error status
+    assert name in res.stderr and problem in res.stderr and "Traceback" not in res.stderr, res.stderr
