@@ -387,11 +387,12 @@ def binomial_pvalue(successes: int, trials: int, p: float) -> float:
 
 
 def chi2_independence_pvalue(a, b) -> float:
-    """Chi-square independence test of two binary samples (``scipy.stats.chi2_contingency``)."""
+    """Chi-square independence test of two binary samples (``scipy.stats.chi2_contingency``).  A sample that is
+    constant is independent of anything: p = 1 (the test has nothing to reject)."""
     a, b = _as_array(a).astype(int), _as_array(b).astype(int)
     table = np.array([[np.sum((a == i) & (b == j)) for j in (0, 1)] for i in (0, 1)])
     if (table.sum(axis=0) == 0).any() or (table.sum(axis=1) == 0).any():
-        return 0.0 if table.sum() else 1.0
+        return 1.0
     return float(stats.chi2_contingency(table, correction=False).pvalue)
 
 

@@ -156,6 +156,7 @@ def test_classical_tests_have_size_and_power(seed):
     assert chi2_independence_pvalue(a, a ^ (rng.random(2000) < 0.2)) < 1e-6
     assert uniformity_pvalue(rng.random(500)) > 1e-6
     assert uniformity_pvalue(rng.random(500) ** 2) < 1e-6
+    assert chi2_independence_pvalue(np.ones(50), a[:50]) == 1.0  # a constant gate is independent of everything
 
 
 def test_miss_probability_of_a_negative_control():
