@@ -1,5 +1,6 @@
-"""The claim registry: every claim id of ``shared/claims.md`` with its source, the statement as
-printed (quoted from the pinned version), the reading the suite tests, and the checks covering it.
+"""The claim registry: every claim id with its source, the statement as printed (quoted from the pinned version),
+the reading the suite tests, its named further statements and errata.  ``docs/claims.md`` is generated from it
+(``python -m theorems.docs``) and a test keeps the two equal.
 
 A check declares its claim with ``@pytest.mark.claim("id")``; ``pytest --claims-coverage``
 (and ``checks/core/test_registry.py``) fails when a registered claim has no check.
@@ -14,14 +15,14 @@ __all__ = ["Claim", "Statement", "CLAIMS", "claim", "PINNED_VERSIONS", "MAIN"]
 #: The statement a check tests when its ``claim`` marker names none: the claim's own printed sentence.
 MAIN = "main"
 
-#: Which text each ``version`` key refers to (shared/papers/).
+#: The texts each ``version`` key refers to (cited by authors and title; the suite pins these versions).
 PINNED_VERSIONS = {
-    "full": "jacobian-stability-full.txt: 'A theoretical study of the Jacobian matrix in deep neural networks' "
-    "(anonymous ICLR submission, with appendices) - the version this suite pins",
-    "summary": "jacobian-stability-summary.txt: Dadoun et al., 'On the Stability of the Jacobian Matrix in Deep "
-    "Neural Networks' (later version; summary only)",
-    "haas": "deep-jacobian-spectra-separate-summary.txt: Haas et al., 'Why Deep Jacobian Spectra Separate' "
-    "(summary only)",
+    "full": "Anonymous, 'A theoretical study of the Jacobian matrix in deep neural networks', ICLR submission under "
+    "double-blind review, full text with appendices A-G - the version this suite pins",
+    "summary": "B. Dadoun, S. Hayou, H. Salam, M. E. A. Seddik, P. Youssef, 'On the Stability of the Jacobian Matrix in "
+    "Deep Neural Networks' (the later version of the same work; its summary and abstract)",
+    "haas": "N. Haas, F. Gatine, A. M. Cosse, Z. Bouraoui, 'Why Deep Jacobian Spectra Separate: Depth-Induced Scaling "
+    "and Singular-Vector Alignment' (its summary, abstract and key results)",
 }
 
 

@@ -1,4 +1,4 @@
-"""Batched samplers for the network ensembles of ``shared/claims.md`` ("Models").
+"""Batched samplers for the network ensembles (the models of ``docs/claims.md``).
 
 An :class:`Ensemble` describes B independent networks of width n and depth L.  Its
 :meth:`Ensemble.factors` streams the Jacobian factors layer by layer,
@@ -8,7 +8,7 @@ An :class:`Ensemble` describes B independent networks of width n and depth L.  I
 so peak memory is O(B n^2) whatever the depth.  Every random draw comes from the
 ``torch.Generator`` passed in: nothing touches torch's global RNG.
 
-Models (claims.md):
+Models:
 
 * ``gates="relu"``: the MLP of full eq. (1), ``Y_0 = x``, ``Y_k = W_k relu(Y_{k-1})``,
   ``d_k = 1{Y_k > 0}``.  The pre-activations are renormalised as they go (ReLU is positively
@@ -55,7 +55,7 @@ class Factor(NamedTuple):
 
 @dataclass(frozen=True)
 class Pruning:
-    """Pruning at initialisation ``W -> scale * (mask ⊙ W)`` (claims.md, "Pruned network").
+    """Pruning at initialisation ``W -> scale * (mask ⊙ W)`` (the pruned network of full Thm 7).
 
     kind:
       * ``"random"``: mask entries iid Bernoulli(1 - sparsity) (full, Thm 5);

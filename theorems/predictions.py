@@ -1,4 +1,4 @@
-"""Closed-form predictions (claims.md, "Closed forms the suite should own").
+"""Closed-form predictions (rendered with their derivations in ``docs/claims.md``).
 
 Each function validates its inputs, cites the claim id it serves, and carries its derivation in
 the docstring.  They are tested against independent computations in

@@ -3,7 +3,7 @@
 All routines consume an iterable of :class:`~theorems.ensembles.Factor` (input side first), so
 they work for sampled ensembles, trained weights and hand-built products alike.
 
-Numerics (DEVELOPERS.md, "Numerics"): products of hundreds of factors over- and underflow, so
+Numerics: products of hundreds of factors over- and underflow, so
 :func:`iterate_products` keeps each product at unit Frobenius norm and carries ``log_scale``.  An
 exactly zero product (a dead layer, heavy pruning) has ``log_scale = -inf`` and is reported as a
 collapse; nothing here produces NaN from it.
@@ -157,7 +157,7 @@ def log_spectral_norm(prod: LogScaledProduct, method: str = "auto") -> torch.Ten
 def resolvable(log_sv: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Mask of singular values above the precision floor of the explicit product.
 
-    claims.md, closed form 4: a value below ``log s_max + log(eps)/2`` (i.e. an exponent below
+    The precision floor: a value below ``log s_max + log(eps)/2`` (i.e. an exponent below
     ``(1/L) log s_max + log(eps)/(2L)``) cannot be resolved in that dtype and must be flagged.
     """
     floor = log_sv[..., :1] + 0.5 * math.log(torch.finfo(dtype).eps)
@@ -224,7 +224,7 @@ def lyapunov_qr(
     ``Q_0`` Haar (B, n, k); ``Q_l R_l = F_l Q_{l-1}``; ``sum_l log|diag R_l|`` is the log growth
     of the nested volumes.  With ``checkpoints`` a dict depth -> :class:`LyapunovEstimate` is
     returned, else the estimate at full depth.  For the gated and ReLU models every increment has
-    expectation ``gamma_i`` exactly (claims.md closed form 2), so the estimate is unbiased at
+    expectation ``gamma_i`` exactly (:func:`theorems.predictions.lyapunov_exponents`), so the estimate is unbiased at
     every depth.
     """
     k = check_int("k", k)

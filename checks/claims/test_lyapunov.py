@@ -121,7 +121,7 @@ def test_singular_values_converge_with_first_order_correction(p, n, profile, rng
     sizes = dict(n=n, p=p, depths=list(FINITE_DEPTHS), B=batch)
     for i in range(k):
         ok = [bool(resolvable(torch.as_tensor(at[L]))[:, i].all()) for L in FINITE_DEPTHS]
-        if not all(ok):  # flagged, not asserted (claims.md closed form 4)
+        if not all(ok):  # flagged, not asserted (the precision floor, theorems.spectral.resolvable)
             verdict.note(**{f"s_{i + 1}_below_precision_floor_at_depths": [L for L, o in zip(FINITE_DEPTHS, ok) if not o]})
             assert i > 0, "the top singular value must be resolvable"
             continue
