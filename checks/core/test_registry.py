@@ -34,3 +34,22 @@ def test_every_registered_claim_has_a_check(tmp_path):
     for cid in CLAIMS:
         m = re.search(rf"^{re.escape(cid)}: (\d+) check", res.stdout, flags=re.M)
         assert m and int(m.group(1)) >= 1, cid
+
+
+def test_power_audit_mutations_apply_to_the_current_code():
+    """Every planted bug of `python -m theorems.audit` still matches exactly one place of the library (a mutation that
+    no longer applies would silently audit nothing), and there are at least 15 of them."""
+    from theorems.audit import MUTATIONS, apply_mutation
+
+    assert len(MUTATIONS) >= 15 and len({m.name for m in MUTATIONS}) == len(MUTATIONS)
+    for m in MUTATIONS:
+        assert (ROOT / m.file).read_text().count(m.old) == 1, m.name
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = MUTATIONS[0]
+        (Path(tmp) / m.file).parent.mkdir(parents=True)
+        shutil.copy2(ROOT / m.file, Path(tmp) / m.file)
+        apply_mutation(Path(tmp), m)
+        assert m.new in (Path(tmp) / m.file).read_text()

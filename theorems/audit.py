@@ -1,0 +1,185 @@
+"""Power audit: plant small semantic bugs in a copy of the library and check that the quick suite catches each.
+
+    python -m theorems.audit [--only NAME ...] [--workers W] [--out=FILE] [--list]
+
+Each mutation replaces one exact piece of library code (it must occur exactly once) in a fresh copy of the
+repository's tracked files and runs the checks expected to catch it (``selection``: pytest arguments, quick
+profile, one process each) at the default master seed.  A mutation is *killed* when that run fails; a surviving one
+is a check to strengthen or a stated limit of the suite.  Writes JSON and a markdown table (default
+``reports/audit/<time>.json|.md``).  Mutations run as parallel local processes (``--workers``, default the cores
+divided by 2: each run uses two xdist workers).  This is run on demand, not in CI: a full audit takes about
+15 x 1 minute of 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["Mutation", "MUTATIONS", "apply_mutation", "main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    what: str
+    file: str
+    old: str
+    new: str
+    selection: tuple
+
+
+QR = "checks/claims/test_lyapunov.py::test_qr_exponents_match_closed_form"
+INIT = "checks/claims/test_initialization.py"
+PRUNING = "checks/claims/test_pruning.py"
+
+MUTATIONS = [
+    Mutation("bartlett-dof", "Bartlett's degrees of freedom off by one in closed form 2", "theorems/predictions.py",
+             "special.digamma((m[ok] - i + 1 + dof_offset) / 2)", "special.digamma((m[ok] - i + 2 + dof_offset) / 2)",
+             (QR,)),
+    Mutation("variance-n-plus-1", "closed form 2 with the weight variance σ²/(n+1)", "theorems/predictions.py",
+             "0.5 * (math.log(2 * s2 / n) +", "0.5 * (math.log(2 * s2 / (n + 1)) +", (QR,)),
+    Mutation("sampler-variance-2pct", "the sampler's weight variance 2% too large", "theorems/ensembles.py",
+             "std = math.sqrt(sigma2 / width)", "std = math.sqrt(1.02 * sigma2 / width)", (QR,)),
+    Mutation("random-pruning-scale-2pct", "the random-pruning scale (1-s)^-1/2 off by 2%", "theorems/predictions.py",
+             "return (1.0 - check_sparsity(sparsity)) ** -0.5", "return 1.02 * (1.0 - check_sparsity(sparsity)) ** -0.5",
+             (PRUNING, "-k", "rate or scale or gap")),
+    Mutation("magnitude-scale-2pct", "the magnitude-pruning scale t_n off by 2%", "theorems/predictions.py",
+             "return (head + middle) ** -0.5", "return 1.02 * (head + middle) ** -0.5",
+             (PRUNING, "-k", "scale or gap")),
+    Mutation("frobenius-norm", "the Frobenius norm instead of the spectral norm", "theorems/spectral.py",
+             "    return log_singular_values(prod, 1)[:, 0]",
+             "    return torch.log(torch.linalg.matrix_norm(prod.matrix)) + prod.log_scale", (INIT,)),
+    Mutation("relu-gate-misaligned", "ReLU gates taken from the wrong units (rolled by one)", "theorems/ensembles.py",
+             "gate = (pre > 0).to(dtype)", "gate = (torch.roll(pre, 1, dims=-1) > 0).to(dtype)",
+             ("checks/claims/test_lyapunov.py", "-k", "image_norm or qr_exponents")),
+    Mutation("relu-gate-wrong-layer", "ReLU gates of layer l taken from the next layer's pre-activations",
+             "theorems/ensembles.py",
+             "                pre = pre / torch.where(norm > 0, norm, torch.ones_like(norm))\n            yield Factor(w, gate)",
+             "                pre = pre / torch.where(norm > 0, norm, torch.ones_like(norm))\n"
+             "                gate = (pre > 0).to(dtype) if gate is not None else None\n            yield Factor(w, gate)",
+             ("checks/claims/test_lyapunov.py", "-k", "image_norm or qr_exponents")),
+    Mutation("gate-keep-prob-2pct", "Bernoulli gates open 2% too often", "theorems/ensembles.py",
+             "gate = (u < self.keep_prob).to(dtype)", "gate = (u < 1.02 * self.keep_prob).to(dtype)", (QR,)),
+    Mutation("edge-exponent", "closed form 1 with (p + z)^(L-1) instead of (p + z)^L", "theorems/predictions.py",
+             "math.log1p(z) + L * math.log(p + z)", "math.log1p(z) + (L - 1) * math.log(p + z)",
+             (INIT, "-k", "free_edge or linearly")),
+    Mutation("correlation-from-eta", "corr = eta / (1 + eta²) instead of eta² / (1 + eta²)", "theorems/predictions.py",
+             "return e * e / (1 + e * e)", "return e / (1 + e * e)",
+             ("checks/claims/test_correlation.py", "-k", "scales_like")),
+    Mutation("shared-shift-unscaled", "the correlated weights' shared w without its 1/sqrt(n) scale",
+             "theorems/experiments.py", "w = w + eta * math.sqrt(sigma2 / n) * shared", "w = w + eta * shared",
+             (PRUNING, "-k", "weak-correlation")),
+    Mutation("random-mask-keeps-2pct-more", "random pruning keeps 2% more weights than 1-s", "theorems/ensembles.py",
+             "        keep = 1.0 - pruning.sparsity\n", "        keep = 1.02 * (1.0 - pruning.sparsity)\n",
+             (PRUNING, "-k", "rate or gap")),
+    Mutation("qr-log-of-square", "QR increments log|R_ii| doubled (log R_ii²)", "theorems/spectral.py",
+             "inc = torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))",
+             "inc = 2 * torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))", (QR,)),
+    Mutation("renormalisation-drops-scale", "the renormalised product forgets its log scale", "theorems/spectral.py",
+             "    return matrix / safe[:, None, None], log_scale + torch.log(norm)",
+             "    return matrix / safe[:, None, None], log_scale", (INIT, "-k", "gamma1 or linearly")),
+    Mutation("free-rate-sigma", "½ log(σ² p) written as log(σ² p)", "theorems/predictions.py",
+             "return 0.5 * math.log(check_sigma2(sigma2) * check_keep_prob(keep_prob))",
+             "return math.log(check_sigma2(sigma2) * check_keep_prob(keep_prob))",
+             (INIT, "-k", "printed_rate")),  # invisible at criticality (σ² p = 1): only off-critical uses can see it
+]
+
+
+def apply_mutation(root: Path, m: Mutation):
+    """Apply ``m`` to the copy at ``root``; the replaced text must occur exactly once."""
+    path = root / m.file
+    text = path.read_text()
+    if text.count(m.old) != 1:
+        raise ValueError(f"mutation {m.name}: expected exactly one occurrence in {m.file}, found {text.count(m.old)}")
+    path.write_text(text.replace(m.old, m.new))
+
+
+def _copy_tracked(dst: Path):
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        target = dst / f
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, target)
+
+
+def run_mutation(m: Mutation) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"audit-{m.name}-") as tmp:
+        root = Path(tmp)
+        _copy_tracked(root)
+        apply_mutation(root, m)
+        env = dict(os.environ, PYTHONPATH=str(root))  # the mutated copy, not the installed package
+        t0 = time.time()
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-n", "2", "-p", "no:cacheprovider",
+                              f"--report-dir={root / 'reports'}", *m.selection], cwd=root, env=env,
+                             capture_output=True, text=True)
+        failed = [line.split(" ")[1] for line in res.stdout.splitlines() if line.startswith("FAILED ")]
+        return {**asdict(m), "killed": res.returncode != 0, "exit_status": res.returncode,
+                "duration_s": round(time.time() - t0, 1), "failed": failed,
+                "tail": "" if failed else res.stdout[-600:]}
+
+
+def render(results: list[dict]) -> str:
+    killed = sum(r["killed"] for r in results)
+    lines = [f"# Power audit: {killed} of {len(results)} planted bugs killed", "",
+             "| bug | what | checks run | killed by |", "|---|---|---|---|"]
+    for r in results:
+        by = "<br>".join(f"`{f.split('::')[-1]}`" for f in r["failed"]) or ("**survived**" if not r["killed"] else
+                                                                             f"exit {r['exit_status']}")
+        lines.append(f"| `{r['name']}` | {r['what']} | `{' '.join(r['selection'])}` | {by} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m theorems.audit", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", nargs="*", default=None, help="mutation names (default: all)")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="mutations at once (>= 1)")
+    p.add_argument("--out", default=None, metavar="FILE", help="JSON output (default reports/audit/<time>.json)")
+    p.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = p.parse_args(argv)
+    known = {m.name: m for m in MUTATIONS}
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name}: {m.what} ({m.file}; checks: {' '.join(m.selection)})")
+        return 0
+    unknown = sorted(set(args.only or []) - set(known))
+    if unknown:
+        p.error(f"--only: unknown mutations {unknown}; known: {sorted(known)}")
+    if args.workers < 1:
+        p.error(f"--workers must be >= 1; got {args.workers}")
+    chosen = [known[n] for n in args.only] if args.only else MUTATIONS
+    for m in chosen:  # every mutation must still apply to the current code, before any run
+        text = (ROOT / m.file).read_text()
+        if text.count(m.old) != 1:
+            p.error(f"mutation {m.name} no longer applies: {m.file} has {text.count(m.old)} occurrences of its text")
+    out = Path(args.out) if args.out else ROOT / "reports" / "audit" / (
+        _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".json")
+    results = []
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        for fut in as_completed([pool.submit(run_mutation, m) for m in chosen]):
+            r = fut.result()
+            results.append(r)
+            print(f"[{len(results)}/{len(chosen)}] {r['name']}: {'killed' if r['killed'] else 'SURVIVED'} "
+                  f"({r['duration_s']:.0f} s) {', '.join(f.split('::')[-1] for f in r['failed'])}", flush=True)
+    results.sort(key=lambda r: [m.name for m in chosen].index(r["name"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(render(results))
+    print(f"{sum(r['killed'] for r in results)} of {len(results)} killed; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
