@@ -34,7 +34,6 @@ __all__ = [
     "median_estimate",
     "per_layer_slopes",
     "paired_slope",
-    "paired_difference",
     "extrapolate",
     "fit_slope",
     "fit_chi2_per_dof",
@@ -124,17 +123,6 @@ def per_layer_slopes(values_at_l1, values_at_l2, l1: int, l2: int) -> np.ndarray
     with np.errstate(invalid="ignore"):
         diff = (b - a) / (l2 - l1)
     return np.where(np.isneginf(b), -np.inf, diff)
-
-
-def paired_difference(a, b) -> np.ndarray:
-    """Per-network ``a - b`` for paired values (common random numbers) where -inf marks a collapse: a collapse on
-    one side only is an infinite difference, a collapse on both sides is no difference (never NaN)."""
-    a, b = _as_array(a), _as_array(b)
-    if a.shape != b.shape:
-        raise ValueError("paired samples must have equal sizes")
-    both = np.isneginf(a) & np.isneginf(b)
-    with np.errstate(invalid="ignore"):
-        return np.where(both, 0.0, a - b)
 
 
 def paired_slope(values_at_l1, values_at_l2, l1: int, l2: int) -> Estimate:
