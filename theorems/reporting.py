@@ -168,6 +168,8 @@ def claim_table(tests: list[dict], registered: dict | None = None) -> dict:
     (the claim's own, ``main``, and its named ones) the source, the printed sentence, the reading and a verdict."""
     by_claim, by_statement = defaultdict(list), defaultdict(list)
     for t in tests:
+        if t["outcome"] == "incomplete":  # set up but never reported its call (an interrupted run): it did not run
+            continue
         for c in t["claims"]:
             by_claim[c].append(t)
         for c, name in t.get("statements") or [[c, MAIN] for c in t["claims"]]:
@@ -249,7 +251,7 @@ class ReportPlugin:
     def pytest_runtest_logreport(self, report):
         nodeid = canonical_nodeid(report.nodeid)
         entry = self.tests.setdefault(nodeid, {"nodeid": nodeid, "claims": [], "printed": False,
-                                                      "records": [], "notes": {}, "outcome": "passed",
+                                                      "records": [], "notes": {}, "outcome": "incomplete",
                                                       "duration": 0.0, "seed": None, "message": ""})
         entry["duration"] += report.duration
         for key, value in report.user_properties:

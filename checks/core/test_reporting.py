@@ -41,6 +41,11 @@ def test_claim_table_has_statement_verdicts_and_errata():
     toy = table["toy-descent"]
     assert toy["verdict"] == "confirmed" and toy["errata"] and toy["erratum_checks"] == {"b::erratum": "xfailed"}
     assert table["lyapunov"]["verdict"] == "inconclusive"  # no check ran
+    registered = {"a::main": [["approx-gates", "main"]], "a::other": [["approx-gates", "main"]]}
+    cut = tests[:1] + [{"nodeid": "a::other", "claims": ["approx-gates"], "statements": [["approx-gates", "main"]],
+                        "outcome": "incomplete", "printed": False}]
+    partial = claim_table(cut, registered)["approx-gates"]
+    assert partial["verdict"] == "partial" and partial["checks_ran"] == "1 of 2"  # an interrupted check did not run
 
 
 def _tests(estimate, stderr=0.01):
