@@ -8,7 +8,8 @@ process, writing its report to a temporary directory; the command gathers, per s
 the failed checks and a fingerprint of every recorded number, and writes ``FILE`` (JSON, default
 ``reports/calibration/<time>.json``) and a markdown table next to it (same name, ``.md``):
 
-* ``runs``: per seed ``{seed, exit_status, duration_s, failed: [node ids], fingerprint, slots_used}``;
+* ``runs``: per seed ``{seed, exit_status, duration_s, failed: [node ids], fingerprint, slots_used,
+  estimated_false_fail}`` (the design's estimated P(spurious failure) from that run's report);
 * ``failures_per_check``: node id -> number of seeds at which it failed;
 * ``suite_failures``: seeds whose run failed; ``failure_rate`` with its exact (Clopper-Pearson) interval at 95%;
 * ``flagged``: checks whose failure count is improbable (binomial test, p < 0.01) under their share of the
@@ -134,6 +135,7 @@ def run_seed(seed: int, pytest_args: list[str], cwd: str) -> dict:
         "failed": sorted(t["nodeid"] for t in tests if t["outcome"] in FAILED),
         "fingerprint": fingerprint(doc),
         "slots_used": doc.get("budget", {}).get("slots_used", 0),
+        "estimated_false_fail": doc.get("budget", {}).get("estimated_false_fail_probability"),
         "check_slots": {t["nodeid"]: _slots(t) for t in tests},
     }
 
