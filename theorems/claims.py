@@ -62,7 +62,8 @@ CLAIMS: dict[str, Claim] = {
         _c("critical-init", "full Thm 1", "full",
            "||J_1|| ≈ Θ_L(L (σ_w²/2)^L); in particular σ_w² = 2 guarantees stability.",
            "Per-layer slope of E log||J|| in L equals gamma_1(n, 1/2, σ²) (-> ½ log(σ²/2) as n -> inf); at σ² = 2 "
-           "growth is sub-exponential. As printed, the rate (σ²/2)^L is tested against ½ log(σ²/2) per layer.",
+           "the depth prefactor: E||J||² grows like L (||J|| like √L). As printed, the rate (σ²/2)^L is tested against "
+           "½ log(σ²/2) per layer and Θ(L) for ||J|| against the measured exponent of E||J||².",
            "initialization"),
         _c("free-limit", "full App. A (proof of Thm 7)", "full",
            "Thm 7 is proved by comparing ||J_k^pruned|| and ||J_k|| with the norm of their common free-probability "

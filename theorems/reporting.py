@@ -493,9 +493,10 @@ def _selection_lines(doc) -> list[str]:
         lines.append("**This run was interrupted**: verdicts cover only the checks that reported.")
     if sel.get("filtered"):
         what = ", ".join(f"{k} {v!r}" for k, v in sel.items() if k != "filtered" and v)
-        lines.append(f"**Filtered run** ({what}): {len(doc['tests'])} of {doc.get('checks_registered')} registered "
-                     "checks ran; a claim is `partial` when some of its checks did not run.")
-    return lines + [""] if lines else []
+        ran = sum(1 for t in doc["tests"] if t["claims"] and t["outcome"] != "incomplete")
+        lines.append(f"**Filtered run** ({what}): {ran} of {doc.get('checks_registered')} registered claim checks "
+                     "ran; a claim is `partial` when some of its checks did not run.")
+    return [x for line in lines for x in (line, "")]
 
 
 def _budget_line(b) -> str:
