@@ -138,8 +138,8 @@ def log_spectral_norm(prod: LogScaledProduct, method: str = "auto") -> torch.Ten
 
     ``method``: ``"svd"`` (``svdvals``), ``"krylov"`` (:func:`krylov_log_spectral_norm`, log error < 1e-10
     against svdvals for gated products and for depth >= 2; a single ungated Gaussian layer, whose top singular
-    values crowd at the soft edge, is the hard case: about 4e-10 at width 512, 2e-7 at 1024, 4e-6 at 2048, far
-    below any statistic's standard error), or ``"auto"``: Krylov from width
+    values crowd at the soft edge, is the hard case: about 4e-10 at width 512, a median 1e-7 (up to ~1e-6) at 1024,
+    4e-6 at 2048, far below any statistic's standard error), or ``"auto"``: Krylov from width
     ``KRYLOV_MIN_WIDTH`` on, where a batched SVD costs more than forming the product, and always on CUDA
     (cuSOLVER's batched SVD is slow and falls back when it fails to converge).  The Krylov start
     block comes from a fixed-seed generator, so results stay deterministic.
@@ -174,7 +174,7 @@ def krylov_log_spectral_norm(
     ``2 * steps + 1`` block products with J, i.e. O(steps * block * n^2) instead of the O(n^3) of
     an SVD.  The Ritz value is a lower bound; its accuracy is verified against ``svdvals`` in
     ``checks/core/test_spectral.py`` (log error < 1e-10 at widths 64-512, depths 1-10 with gates; the soft
-    edge of one ungated layer is the hard case: < 1e-6 at width 1024, about 4e-6 at 2048; block 4 with 6 steps
+    edge of one ungated layer is the hard case: median 1e-7, up to ~1e-6, at width 1024, about 4e-6 at 2048; block 4 with 6 steps
     errs by ~1e-2 there).
     """
     a = prod.matrix

