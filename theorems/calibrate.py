@@ -53,7 +53,7 @@ __all__ = ["main", "run_seed", "summarize", "parse_args", "FLAG_LEVEL"]
 ROOT = Path(__file__).resolve().parents[1]
 #: A check is flagged when its failure count has a binomial p-value below this under its share of the budget.
 FLAG_LEVEL = 0.01
-FAILED = ("failed", "error", "xpassed")
+FAILED = ("failed", "error", "xpassed", "incomplete")
 
 
 class CalibrationError(Exception):
@@ -130,9 +130,13 @@ def run_seed(seed: int, pytest_args: list[str], cwd: str) -> dict:
                     "error": (res.stdout[-1500:] + res.stderr[-1500:]).strip() or "no report written"}
         doc = json.loads(latest.read_text())
     tests = doc["tests"]
-    return {
+    failed = sorted(t["nodeid"] for t in tests if t["outcome"] in FAILED)
+    extra = {}
+    if res.returncode != 0 and not failed:  # a non-zero exit the report does not explain: keep the output's tail
+        extra["error"] = (res.stdout[-1500:] + res.stderr[-1500:]).strip()
+    return {**extra,
         "seed": seed, "exit_status": res.returncode, "duration_s": round(duration, 2),
-        "failed": sorted(t["nodeid"] for t in tests if t["outcome"] in FAILED),
+        "failed": failed,
         "fingerprint": fingerprint(doc),
         "slots_used": doc.get("budget", {}).get("slots_used", 0),
         "estimated_false_fail": doc.get("budget", {}).get("estimated_false_fail_probability"),
