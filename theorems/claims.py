@@ -120,8 +120,18 @@ CLAIMS: dict[str, Claim] = {
            }),
         _c("approx-trained-gates", "full Approx. 2, App. G.2", "full",
            "Given t, the diagonal entries of D_k^t' behave as iid Bernoulli(1/2) for t' <= t, independent of W^t'.",
-           "The approx-gates tests on weights trained with a small learning rate.",
-           "training"),
+           "Approx. 2 as the n -> inf statement it is (fixed t, lr = c/n as the paper's justification says): the shift "
+           "of P(d=1) at the training input over t steps vanishes as n grows (exponent in n significantly negative); "
+           "at a fixed lr it does not (control).",
+           "training",
+           statements={
+               "finite-n-remarks": Statement(
+                   "full App. G.2 (n = 100, t = 4000, lr = 1e-4)",
+                   "Fig. 10: with the trained weights at iteration t = 4000 and lr 1e-4, 'it appears that Approximation "
+                   "2 is still a good approximation'.",
+                   "The gates at the training input are fair coins after training at the paper's n and lr t = 0.4 "
+                   "(binomial test of P(d=1) = 1/2)."),
+           }),
         _c("training-stability", "full Thm 2", "full",
            "If γ = O(n^-1 L^-3), lim ||J_1^t|| - ||J_1^iid|| ≈ Θ~_L(1).",
            "Change of log||J|| over training at lr = c/(n L^3) grows at most like a log factor in L (the printed "

@@ -43,6 +43,7 @@ __all__ = [
     "assert_rejects",
     "significance_test",
     "compare_at_most",
+    "compare_below",
     "binomial_pvalue",
     "chi2_independence_pvalue",
     "uniformity_pvalue",
@@ -217,7 +218,7 @@ class Comparison:
     seed: int | None = None
     note: str = ""
     family: int = 1
-    kind: str = "two-sided"  # "two-sided", "upper" (one-sided: estimate <= prediction) or "pvalue"
+    kind: str = "two-sided"  # "two-sided", "upper" (estimate <= prediction), "below" (estimate < prediction) or "pvalue"
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -241,6 +242,8 @@ class Comparison:
             return self.estimate >= self.prediction
         if self.kind == "upper":
             return self.interval[0] - self.model_error <= self.prediction
+        if self.kind == "below":
+            return self.interval[1] + self.model_error < self.prediction
         if math.isnan(self.estimate) or math.isnan(self.prediction):
             return False
         if not math.isfinite(self.estimate):
@@ -272,11 +275,20 @@ class Comparison:
         if self.stderr == 0:
             return 0.0 if not self.consistent else 1.0
         q = (self.interval[1] - self.estimate) / self.stderr
+        if self.kind == "below":  # consistent = significantly below: P(a repetition concludes so)
+            return float(stats.norm.cdf((self.prediction - self.model_error - self.estimate) / self.stderr - q))
         if self.kind == "upper":
             margin = self.estimate - self.prediction - self.model_error
         else:
             margin = abs(self.estimate - self.prediction) - self.model_error
         return float(stats.norm.cdf(q - margin / self.stderr))
+
+    @property
+    def power_shortfall(self) -> float:
+        """For a ``below`` comparison asserted by a check (the effect is claimed to be there): the estimated
+        probability that an independent repetition would not detect it, ``1 - miss_probability`` (same
+        approximation).  Such a check fails spuriously through lack of power, not at its level; the report sums this."""
+        return 1.0 - self.miss_probability
 
     def message(self, expectation: str = "consistent") -> str:
         if self.kind == "pvalue":
@@ -295,9 +307,14 @@ class Comparison:
     def to_record(self, role: str) -> dict:
         d = asdict(self)
         lo, hi = self.interval
+        miss = None
+        if role == "negative-control":
+            miss = self.miss_probability
+        elif role == "check" and self.kind == "below":
+            miss = self.power_shortfall
         d.update(role=role, ci_low=lo, ci_high=hi, consistent=self.consistent,
                  min_discrepancy=self.min_discrepancy, slots=self.slots if role != "measurement" else 0.0,
-                 miss_probability=self.miss_probability if role == "negative-control" else None)
+                 miss_probability=miss)
         return {k: _plain(v) for k, v in d.items()}
 
 
@@ -366,6 +383,18 @@ def compare_at_most(claim: str, statistic: str, estimate: Estimate, bound: float
     cmp = compare(claim, statistic, estimate, bound, model_error=model_error, sizes=sizes, seed=seed,
                   note=note or "one-sided: estimate <= prediction", family=family)
     cmp.kind = "upper"
+    return cmp
+
+
+def compare_below(claim: str, statistic: str, estimate: Estimate, bound: float, *, model_error: float = 0.0,
+                  sizes: dict | None = None, seed: int | None = None, note: str = "", family: int = 1) -> Comparison:
+    """One-sided comparison for an effect that must be *there*: consistent iff the estimate is significantly below
+    ``bound`` (the upper end of its interval, plus the model error, is below it), e.g. "the exponent in n is
+    negative: the quantity vanishes".  Checked, its spurious failure is a lack of power (recorded as its
+    ``miss_probability``); rejected (a control), it asserts the estimate is not significantly below."""
+    cmp = compare(claim, statistic, estimate, bound, model_error=model_error, sizes=sizes, seed=seed,
+                  note=note or "one-sided: estimate significantly below prediction", family=family)
+    cmp.kind = "below"
     return cmp
 
 

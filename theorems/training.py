@@ -23,7 +23,7 @@ from .validation import check_int, check_real
 
 __all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects",
            "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network",
-           "mlp_stable_learning_rate"]
+           "mlp_stable_learning_rate", "GateShift", "gates_after_training"]
 
 
 @dataclass
@@ -213,3 +213,42 @@ def trained_fixed_gates_network(depth: int, batch: int, steps: int, samples: int
         return [Factor(w[0], None)] + [Factor(a, d) for a, d in zip(w[1:], gates)]
 
     return as_factors(ws), as_factors(trained), loss_ratio
+
+
+@dataclass
+class GateShift:
+    """Gates D_l of the MLP at its training input, before and after GD (claim approx-trained-gates)."""
+
+    open_before: np.ndarray  # (B,) fraction of open gates frac(D_l = 1) per network at init
+    open_after: np.ndarray  # (B,) the same after training
+    sign_balance: np.ndarray  # (B,) T_W = frac(W_l > 0) after training
+    weight_change: float  # mean over networks of ||W^t - W^0||_F / ||W^0||_F, all layers together
+    sample: tuple  # (W_l, D_l, W_{l+1}) after training, numpy (B, n, n), (B, n), (B, n, n): for the gate tests
+
+    @property
+    def shift(self) -> np.ndarray:
+        """Per network: frac(D_l = 1) after training minus before (paired: the init's fluctuation cancels)."""
+        return self.open_after - self.open_before
+
+
+def gates_after_training(n: int, layer: int, batch: int, lr: float, steps: int, rng, device="cpu", *,
+                         depth: int | None = None, eta: float = 0.0) -> GateShift:
+    """Full Approx. 2 / App. G.2: ``batch`` MLPs of width n and depth ``depth`` (default ``layer + 1``; σ² = 2, weights
+    ``W + eta w``),
+    all trained by full-batch GD (loss of full §4) on one shared pair (x, z) for ``steps`` steps at ``lr``; the
+    gates ``D_l = 1{Y_l > 0}`` at the training input x before and after (the input where Thm 2 evaluates J)."""
+    from .ensembles import Ensemble
+
+    steps = check_int("steps", steps, minimum=1)
+    depth = layer + 1 if depth is None else check_int("depth", depth, minimum=layer + 1)
+    x = torch.randn(1, 1, n, generator=rng, device=device, dtype=torch.float64).expand(batch, 1, n)
+    z = torch.randn(1, 1, n, generator=rng, device=device, dtype=torch.float64).expand(batch, 1, n)
+    ws = [f.weight for f in Ensemble(n, depth, gates="relu", batch=batch, eta=eta).factors(rng, device=device)]
+    before = mlp_factors(ws, x[:, 0])[layer].gate
+    run = train_mlp(ws, x, z, lr, steps, record_every=steps)
+    after = mlp_factors(run.weights, x[:, 0])[layer].gate
+    change = torch.stack([torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b) for a, b in zip(run.weights, ws)])
+    w, w_next = run.weights[layer - 1], run.weights[layer]
+    return GateShift(before.mean(-1).cpu().numpy(), after.mean(-1).cpu().numpy(),
+                     (w > 0).double().mean(dim=(-2, -1)).cpu().numpy(), float(change.mean()),
+                     (w.cpu().numpy(), after.cpu().numpy(), w_next.cpu().numpy()))

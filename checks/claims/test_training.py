@@ -10,9 +10,10 @@ from hypothesis import given, strategies as st
 
 from theorems.ensembles import Ensemble, sample_weights
 from theorems.seeding import generator
-from theorems.stats import (Estimate, compare, compare_at_most, fit_slope, log_factor_allowance, mean_estimate,
-                            significance_test)
-from theorems.training import balance_defects, mlp_factors, regression_data, train_masked_linear, train_mlp
+from theorems.stats import (Estimate, binomial_pvalue, compare, compare_at_most, compare_below, fit_slope,
+                            log_factor_allowance, mean_estimate, significance_test)
+from theorems.training import (balance_defects, gates_after_training, regression_data,
+                               train_masked_linear, train_mlp)
 
 
 def _data(batch, samples, n, rng, device):
@@ -259,28 +260,73 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
 
 # --- approx-trained-gates (Approx. 2) ---------------------------------------------------------------
 
-@pytest.mark.claim("approx-trained-gates")
-def test_gates_stay_fair_coins_after_training(profile, rng, device, seed, verdict):
-    """The approx-gates tests (binomial P(d=1)=1/2; chi-square p-values of gate pairs ~ Uniform) on D_l after GD
-    with a small lr on a shared (x, z).  Negative control: the same tests reject for eta = 0.9 weights trained
-    the same way."""
-    from checks.claims.test_gates import PAIRS, gate_statistics  # the same procedure as approx-gates
+#: approx-trained-gates sizes (quick, full).  ``asymptotic``: widths, layer l (depth l + 1), networks per width, steps t
+#: and c of lr = c/n (c t = 10; the fixed-lr control trains at the middle width's lr).  ``printed``: App. G.2's
+#: setting, n = 100 and lr t = 0.4 (the paper: L = 30, l = 10, lr = 1e-4, t = 4000, N = 1000; quick: depth 5, l = 4,
+#: 40 steps of 1e-2: the same lr t), as (n, layer, depth, N, steps, lr).
+TRAINED_GATES = (dict(asymptotic=((32, 64, 128), 4, 400, 20, 0.5), printed=(100, 4, 5, 300, 40, 1e-2)),
+                 dict(asymptotic=((128, 256, 512), 10, 400, 200, 0.05), printed=(100, 10, 30, 1000, 4000, 1e-4)))
 
-    n, layer, nets, lr, steps = profile.pick((64, 4, 600, 1e-3, 20), (100, 10, 1000, 1e-4, 4000))
-    x = torch.randn(1, 1, n, generator=rng, device=device, dtype=torch.float64).expand(nets, 1, n)
-    z = torch.randn(1, 1, n, generator=rng, device=device, dtype=torch.float64).expand(nets, 1, n)
-    sizes = dict(n=n, layer=layer, N=nets, lr=lr, steps=steps)
-    for eta, check in ((0.0, verdict.check), (0.9, verdict.reject)):
-        ens = Ensemble(n, layer + 1, gates="relu", batch=nets, eta=eta)
-        ws = [f.weight for f in ens.factors(rng, device=device)]
-        run = train_mlp(ws, x, z, lr, steps, record_every=steps)
-        factors = mlp_factors(run.weights, x[:, 0])
-        sample = (run.weights[layer - 1].cpu().numpy(), factors[layer].gate.cpu().numpy(), run.weights[layer].cpu().numpy())
-        p_binom, p_chi, _, _ = gate_statistics(sample, np.random.default_rng(seed))
-        check(significance_test("approx-trained-gates", f"binomial P(d=1)=1/2 after training (eta={eta})", p_binom,
-                                n=nets * n, sizes=sizes))
-        check(significance_test("approx-trained-gates", f"KS uniformity of {PAIRS} chi-square p-values (eta={eta})",
-                                p_chi, n=PAIRS, sizes=sizes))
+
+def log_abs_mean_shift(shift) -> Estimate:
+    """log |E shift| with a delta-method standard error (per-network shifts of frac(D_l = 1))."""
+    m = mean_estimate(shift)
+    return Estimate(math.log(abs(m.value)), m.stderr / abs(m.value), m.dof, m.n)
+
+
+@pytest.mark.claim("approx-trained-gates")
+def test_gate_shift_from_training_vanishes_as_width_grows(profile, rng, device, verdict):
+    """Approx. 2 is an n -> inf statement for a fixed number of steps t, justified by lr = O(1/n).  Statistic: per
+    network the shift of frac(D_l = 1) at the training input from init to step t (paired: the same networks before
+    and after), lr = c/n; its exponent in n (weighted fit of log |E shift| on log n).  Prediction: negative (the
+    shift vanishes), one-sided, asserted as "significantly below 0" (a lack of power would fail it; its estimated
+    probability is recorded).  Measured: the shift is a function of lr t alone (about -0.002, -0.006, -0.024, -0.05
+    at lr t = 0.01, 0.03, 0.1, 0.3 for n = 32, 64 and 128 alike), so with lr = c/n it falls like 1/n once c t/n is
+    small; c t = 10 puts the quick widths on that slope (at the paper's c t = 40 they sit where it saturates:
+    -0.09, -0.08, -0.06).  Negative control: at a fixed lr (the middle width's) the same exponent is not
+    significantly negative: the statement needs lr -> 0, training moves the gates at any fixed lr."""
+    widths, layer, batch, steps, c = profile.pick(*TRAINED_GATES)["asymptotic"]
+    lr_fixed = c / widths[len(widths) // 2]
+    arms = {}
+    for arm, rate in (("lr = c/n", lambda n: c / n), ("fixed lr", lambda n: lr_fixed)):
+        runs = [gates_after_training(n, layer, batch, rate(n), steps, rng, device) for n in widths]
+        arms[arm] = exponent(widths, [log_abs_mean_shift(r.shift) for r in runs]), runs
+    sizes = dict(widths=list(widths), layer=layer, B=batch, steps=steps, c=c, lr_fixed=lr_fixed)
+    (scaled, runs), (fixed, fixed_runs) = arms["lr = c/n"], arms["fixed lr"]
+    verdict.note(shift_lr_c_over_n=[round(float(r.shift.mean()), 4) for r in runs],
+                 shift_fixed_lr=[round(float(r.shift.mean()), 4) for r in fixed_runs],
+                 relative_weight_change_lr_c_over_n=[round(r.weight_change, 4) for r in runs])
+    verdict.check(compare_below("approx-trained-gates", "exponent in n of the P(d=1) shift, lr = c/n (vanishes: < 0)",
+                                scaled, 0.0, sizes=sizes))
+    verdict.record(compare("approx-trained-gates", "exponent in n of the P(d=1) shift vs -1 (lr t scaling)", scaled,
+                           -1.0, sizes=sizes))
+    verdict.reject(compare_below("approx-trained-gates", "exponent in n of the P(d=1) shift at a fixed lr (negative "
+                                 "control: does not vanish)", fixed, 0.0, sizes=sizes))
+
+
+@pytest.mark.claim("approx-trained-gates", statement="finite-n-remarks")
+@pytest.mark.printed
+@pytest.mark.xfail(strict=True, reason="refuted as printed (App. G.2's finite-n remark, n = 100, lr t = 0.4): after "
+                   "training, the gates at the training input are not fair coins: frac(D_l = 1) falls by about 0.05 "
+                   "(0.5 -> 0.45; binomial p < 1e-20 over 30,000 gates) while the weights move by about 1%; the same "
+                   "networks before training pass. The shift is set by lr t and vanishes as lr = c/n -> 0 (the "
+                   "asymptotic check)")
+def test_printed_gates_still_fair_coins_after_training(profile, rng, device, seed, verdict):
+    """As printed (App. G.2, Figs 10-11: n = 100, t = 4000, lr = 1e-4): "Up to this iteration, it appears that
+    Approximation 2 is still a good approximation", read as its exact content: the gates at the training input are
+    fair coins after training (binomial P(d=1) = 1/2).  Recorded: the same networks at init (must pass: the failure
+    is training's), the chi-square pair-independence p-values' uniformity, the relative change of the weights."""
+    from checks.claims.test_gates import gate_statistics  # the approx-gates procedure
+
+    n, layer, depth, nets, steps, lr = profile.pick(*TRAINED_GATES)["printed"]
+    run = gates_after_training(n, layer, nets, lr, steps, rng, device, depth=depth)
+    p_binom, p_chi, _, _ = gate_statistics(run.sample, np.random.default_rng(seed))
+    sizes = dict(n=n, layer=layer, L=depth, N=nets, lr=lr, steps=steps, lr_times_t=lr * steps)
+    verdict.note(shift=round(float(run.shift.mean()), 4), relative_weight_change=round(run.weight_change, 4),
+                 binomial_p_at_init=binomial_pvalue(int(round(run.open_before.sum() * n)), nets * n, 0.5),
+                 chi_square_pairs_uniformity_p=p_chi)
+    verdict.check(significance_test("approx-trained-gates", "binomial P(d=1)=1/2 after training, as printed", p_binom,
+                                    n=nets * n, sizes=sizes))
 
 
 # --- balanced-dynamics (Haas Prop. 4.5) ----------------------------------------------------------------
