@@ -174,17 +174,38 @@ def test_miss_probability_of_a_negative_control():
     assert at_level == pytest.approx(0.5, abs=1e-9)
 
 
+def test_below_comparison_asserts_an_effect_and_reports_its_power_shortfall():
+    """compare_below: consistent iff the whole interval (plus model error) lies below the bound; as a check its
+    record carries the chance a repetition would not detect the effect, as a control the chance it would."""
+    from theorems.stats import compare_below
+
+    est = Estimate(-1.0, 0.1, math.inf, 100)
+    edge = compare_below("t", "x", est, 0.0).half_width
+    assert compare_below("t", "x", est, 0.0).consistent
+    assert not compare_below("t", "x", est, -1.0 + edge).consistent  # the bound inside the interval
+    assert not compare_below("t", "x", est, 0.0, model_error=1.0).consistent
+    at_edge = compare_below("t", "x", est, -1.0 + edge + 1e-12)
+    assert at_edge.power_shortfall == pytest.approx(0.5, abs=1e-6)
+    far = compare_below("t", "x", est, 0.0)
+    assert far.power_shortfall < 1e-6 and far.to_record("check")["miss_probability"] == far.power_shortfall
+    assert far.to_record("negative-control")["miss_probability"] == pytest.approx(1 - far.power_shortfall)
+    assert compare("t", "x", est, 0.0).to_record("check")["miss_probability"] is None
+
+
 def test_run_budget_counts_slots_and_fails_over_budget():
     from theorems.budget import ASSERTION_SLOTS, PER_ASSERTION_RATE
     from theorems.reporting import run_budget
 
     check = {"role": "check", "slots": 0.5, "level": 1 - PER_ASSERTION_RATE / 2, "miss_probability": None}
     control = {"role": "negative-control", "slots": 1.0, "level": 1 - PER_ASSERTION_RATE, "miss_probability": 1e-3}
-    xfail = {"role": "check", "slots": 1.0, "level": 1 - PER_ASSERTION_RATE, "miss_probability": 0.2}
+    xfail = {"role": "check", "slots": 1.0, "level": 1 - PER_ASSERTION_RATE, "miss_probability": 0.2,
+             "expected_to_fail": True}
+    effect = {"role": "check", "slots": 1.0, "level": 1 - PER_ASSERTION_RATE, "miss_probability": 2e-5}  # kind below
     tests = [{"records": [check, check, control]}, {"records": [xfail, dict(xfail, miss_probability=1e-6)]},
-             {"records": [], "statistical_slots": 3}]
+             {"records": [], "statistical_slots": 3}, {"records": [effect]}]
     b = run_budget(tests)
-    assert b["slots_used"] == pytest.approx(1 + 1 + 1 + 3)  # a strict xfail is one slot, its miss the smallest
-    assert b["estimated_false_fail_probability"] == pytest.approx(PER_ASSERTION_RATE + 1e-3 + 1e-6 + 3 * PER_ASSERTION_RATE)
+    assert b["slots_used"] == pytest.approx(1 + 1 + 1 + 3 + 1)  # a strict xfail is one slot, its miss the smallest
+    assert b["estimated_false_fail_probability"] == pytest.approx(
+        PER_ASSERTION_RATE + 1e-3 + 1e-6 + 3 * PER_ASSERTION_RATE + 2e-5)  # a "below" check: its power shortfall
     assert b["within_budget"]
     assert not run_budget([{"records": [], "statistical_slots": ASSERTION_SLOTS + 1}])["within_budget"]
