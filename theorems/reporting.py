@@ -406,11 +406,19 @@ def run_selection(config) -> dict:
 
 def registered_checks(config) -> dict:
     """node id -> [[claim, statement], ...] of every check of the suite's test paths in this profile, from a collection
-    in a subprocess (a few seconds; only for filtered or interrupted runs)."""
+    in a subprocess (a few seconds; only for filtered or interrupted runs).  The result is cached in the temporary
+    directory under a key that hashes every file the collection reads (the test paths' and the package's Python
+    files, ``conftest.py``, ``pyproject.toml``) and the profile, so repeated ``-k`` runs of unchanged code collect once."""
     import subprocess
     import sys
     import tempfile
 
+    cache = Path(tempfile.gettempdir()) / f"theorems-claims-map-{_collection_key(config)}.json"
+    if cache.exists():
+        try:
+            return json.loads(cache.read_text())
+        except (OSError, ValueError):
+            pass  # a damaged cache entry: collect again
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "claims.json"
         cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0",
@@ -424,7 +432,27 @@ def registered_checks(config) -> dict:
             warnings.warn(f"theorems: could not collect the suite's registered checks ({' '.join(cmd)}): verdicts count "
                           "only the checks that ran", stacklevel=1)
             return {}
-        return {k: v for k, v in json.loads(out.read_text()).items() if v}
+        found = {k: v for k, v in json.loads(out.read_text()).items() if v}
+    try:
+        write_atomically(cache, json.dumps(found))
+    except OSError:
+        pass  # no cache: the next filtered run collects again
+    return found
+
+
+def _collection_key(config) -> str:
+    """A hash of what :func:`registered_checks` collects from: the files and the profile."""
+    import hashlib
+
+    root = Path(config.rootpath)
+    files = [root / "conftest.py", root / "pyproject.toml"]
+    for top in [*(config.getini("testpaths") or []), Path(__file__).parent]:
+        files += sorted((root / top).rglob("*.py"))
+    h = hashlib.sha256(f"{root}|{config.getoption('--profile')}".encode())
+    for f in files:
+        if f.is_file():
+            h.update(str(f).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:24]
 
 
 def _torch_version():
