@@ -40,7 +40,8 @@ from .validation import (
     check_width,
 )
 
-__all__ = ["Pruning", "Ensemble", "Factor", "prune_mask", "sample_weights", "haar_frame"]
+__all__ = [
+    "Pruning", "Ensemble", "Factor", "correlated", "prune_mask", "sample_weights", "haar_frame"]
 
 GateKind = Literal["relu", "bernoulli", "none"]
 MaskKind = Literal["random", "magnitude", "uniform"]
@@ -99,6 +100,13 @@ def prune_mask(weight: torch.Tensor, pruning: Pruning, generator: torch.Generato
     return (flat > threshold[:, None]).reshape(weight.shape).to(weight.dtype)
 
 
+def correlated(w: torch.Tensor, eta: float, g: torch.Tensor, sigma2: float) -> torch.Tensor:
+    """Full App. F's correlated weights ``W_ind + eta w``: ``w = sqrt(sigma2/n) g`` is one number shared by every entry
+    of a layer (``g ~ N(0, 1)``, shape (B, 1, 1): one per network), so entries have correlation
+    ``eta^2 / (1 + eta^2)`` (:func:`theorems.predictions.correlation_from_eta`).  The one place this shift is built."""
+    return w + (eta * math.sqrt(sigma2 / w.shape[-1])) * g
+
+
 def sample_weights(
     batch: int,
     width: int,
@@ -114,8 +122,7 @@ def sample_weights(
     std = math.sqrt(sigma2 / width)
     w = torch.randn((batch, width, width), generator=generator, device=device, dtype=dtype).mul_(std)
     if eta:
-        shared = torch.randn((batch, 1, 1), generator=generator, device=device, dtype=dtype)
-        w.add_(shared.mul_(eta * std))
+        w = correlated(w, eta, torch.randn((batch, 1, 1), generator=generator, device=device, dtype=dtype), sigma2)
     if pruning is not None:
         w = pruning.scale * prune_mask(w, pruning, generator) * w
     return w

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ensembles import Ensemble, Factor, Pruning, prune_mask
+from .ensembles import Ensemble, Factor, Pruning, correlated, prune_mask
 from .predictions import volume_gap
 from .spectral import (
     iterate_products,
@@ -82,13 +82,13 @@ def _coupled_correlated_factors(ens: Ensemble, etas: Sequence[float], gen, devic
         pres = [x.clone() for _ in etas]
     for layer in range(1, ens.depth + 1):
         w_ind = torch.randn((b, n, n), generator=gen, device=device, dtype=dtype).mul_(std)
-        shared = torch.randn((b, 1, 1), generator=gen, device=device, dtype=dtype).mul_(std)
+        shared = torch.randn((b, 1, 1), generator=gen, device=device, dtype=dtype)
         common = None
         if ens.gates == "bernoulli":
             common = (torch.rand((b, n), generator=gen, device=device, dtype=dtype) < ens.keep_prob).to(dtype)
         out = []
         for i, eta in enumerate(etas):
-            w = w_ind + eta * shared if eta else w_ind
+            w = correlated(w_ind, eta, shared, ens.sigma2) if eta else w_ind
             gate = None
             if layer > 1 or ens.input_gate:
                 gate = (pres[i] > 0).to(dtype) if ens.gates == "relu" else common
@@ -159,9 +159,7 @@ def perturbed(factors, gen, *, pruning: Pruning | None = None, eta: float = 0.0,
     pruned, scaled weights: coupled to the originals (same W_ind and gates)."""
     for w, gate in factors:
         if eta:
-            n = w.shape[-1]
-            shared = torch.randn((w.shape[0], 1, 1), generator=gen, device=w.device, dtype=w.dtype)
-            w = w + eta * math.sqrt(sigma2 / n) * shared
+            w = correlated(w, eta, torch.randn((w.shape[0], 1, 1), generator=gen, device=w.device, dtype=w.dtype), sigma2)
         if pruning is not None:
             w = pruning.scale * prune_mask(w, pruning, gen) * w
         yield Factor(w, gate)

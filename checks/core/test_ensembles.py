@@ -3,6 +3,9 @@ equals autograd's input-output Jacobian of the MLP ``Y_0 = x, Y_k = W_k relu(Y_{
 (float64 round-off), so it catches a gate taken from the wrong unit or the wrong layer, which the spectral checks
 cannot see (a misplaced gate is still a fair coin, and the exponents' law does not change)."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -42,3 +45,28 @@ def test_training_factors_are_the_autograd_jacobian():
     x = torch.randn(n, generator=gen, dtype=torch.float64)
     product = jacobian_product(mlp_factors(weights, x.expand(batch, n))).dense()
     torch.testing.assert_close(product, autograd_jacobians(weights, x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.statistical(2)
+@pytest.mark.parametrize("path", ["sample_weights", "perturbed"])
+def test_correlated_weights_have_the_correlation_law(path):
+    """App. F: entries of ``W_ind + eta w`` have variance sigma2/n (1 + eta^2) and correlation eta^2/(1 + eta^2).
+    Statistic: Fisher's z of the correlation of two entries over B networks; prediction atanh(corr(eta)); no model
+    error (exact law).  Detects a correlation error of about 0.05 at eta = 1/2 (corr 0.2)."""
+    from theorems.experiments import perturbed
+    from theorems.predictions import correlation_from_eta
+    from theorems.ensembles import Factor, sample_weights
+    from theorems.stats import Estimate, assert_consistent, compare
+
+    n, batch, eta, sigma2 = 8, 6000, 0.5, 2.0
+    gen = generator(3, "cpu")
+    if path == "sample_weights":
+        w = sample_weights(batch, n, sigma2, gen, eta=eta)
+    else:
+        base = sample_weights(batch, n, sigma2, gen)
+        w = next(perturbed([Factor(base, None)], gen, eta=eta, sigma2=sigma2)).weight
+    a, b = w[:, 0, 0].numpy(), w[:, 3, 5].numpy()
+    r = float(np.corrcoef(a, b)[0, 1])
+    z = Estimate(math.atanh(r), 1 / math.sqrt(batch - 3), math.inf, batch)
+    assert_consistent(compare("correlated-weights", "Fisher z of the entry correlation", z,
+                              math.atanh(correlation_from_eta(eta))))
