@@ -103,7 +103,7 @@ def test_an_interrupted_run_says_so_and_confirms_nothing(tmp_path):
 
     fast = "checks/claims/test_lyapunov.py::test_qr_exponents_match_closed_form[n32-p1.0-s1.0-none]"
     slow = "checks/claims/test_lyapunov.py::test_alignment_persists_after_training[gated]"
-    cmd = [sys.executable, "-m", "pytest", "-v", "-n", "0", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-v", "-n", "0", "-p", "no:cacheprovider", "--device=cpu",  # CPU: slow enough
            f"--report-dir={tmp_path / 'reports'}", fast, slow]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
