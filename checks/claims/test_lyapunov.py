@@ -222,13 +222,16 @@ def test_stronger_alignment_bound_is_falsified():
 ALIGN_LENGTHS = {"none": (10, 40, 70), "gated": (60, 130, 200)}  # the asymptotic regime needs l >> n
 
 
-def _check_alignment_rates(verdict, rates, sizes, label=""):
-    """The comparisons shared by the alignment checks at init and after training (see their docstrings)."""
+def _check_alignment_rates(verdict, rates, sizes, label="", control_asserted=True):
+    """The comparisons shared by the alignment checks at init and after training (see their docstrings).
+    ``control_asserted=False``: the no-alignment control is recorded (with its estimated miss probability), not
+    asserted, where the sizes give it too little power for the suite's budget."""
     verdict.check(compare("alignment", f"slope of E log sin θ + slope of E log(s_k/s_k+1)(A_l){label}",
                           rates["align_plus_separation"], 0.0, model_error=rates["sum_error"], sizes=sizes,
                           note=f"alignment slope {rates['align'].value:.4f}, separation slope {rates['separation']:.4f}"))
-    verdict.reject(compare("alignment", f"slope of E log sin θ over the span vs 0{label} (negative control)",
-                           rates["align_span"], 0.0, model_error=rates["span_error"], sizes=sizes))
+    control = compare("alignment", f"slope of E log sin θ over the span vs 0{label} (negative control)",
+                      rates["align_span"], 0.0, model_error=rates["span_error"], sizes=sizes)
+    (verdict.reject if control_asserted else verdict.record)(control)
 
 
 @pytest.mark.claim("alignment")
@@ -290,8 +293,11 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
                  k=k)
     verdict.record(compare("alignment", "final loss / initial loss (digits)", mean_estimate(loss_ratio.cpu().numpy()),
                            0.0, sizes=sizes))
+    # The trained fixed-gates network's no-alignment control has too little power at quick sizes: its span slope is
+    # about -0.026 (-0.030 at the default seed, -0.022 at master seed 101, where it was missed) against a detectable
+    # 0.029 (interval half-width 0.018 + model error 0.011 at B = 32): recorded in the quick profile, asserted in full.
     _check_alignment_rates(verdict, alignment_rates(*alignment_profile(factors, lengths, k), lengths), sizes,
-                           label=f" (trained {model}, k = {k})")
+                           label=f" (trained {model}, k = {k})", control_asserted=profile.full or model == "relu")
     top1 = alignment_rates(*alignment_profile(factors, lengths, 1), lengths)
     verdict.record(compare("alignment", "slope of E log sin θ_1 (trained, k = 1)", top1["align"], 0.0,
                            model_error=top1["align_error"], sizes=sizes))
