@@ -232,17 +232,20 @@ class GateShift:
 
 
 def gates_after_training(n: int, layer: int, batch: int, lr: float, steps: int, rng, device="cpu", *,
-                         depth: int | None = None, eta: float = 0.0) -> GateShift:
+                         depth: int | None = None, eta: float = 0.0, shared_data: bool = True) -> GateShift:
     """Full Approx. 2 / App. G.2: ``batch`` MLPs of width n and depth ``depth`` (default ``layer + 1``; σ² = 2, weights
     ``W + eta w``),
     all trained by full-batch GD (loss of full §4) on one shared pair (x, z) for ``steps`` steps at ``lr``; the
-    gates ``D_l = 1{Y_l > 0}`` at the training input x before and after (the input where Thm 2 evaluates J)."""
+    gates ``D_l = 1{Y_l > 0}`` at the training input x before and after (the input where Thm 2 evaluates J).
+    ``shared_data=False`` draws one (x, z) per network, so that networks are iid and a mean over them has an honest
+    standard error (with one shared pair, its draw moves every network's shift together)."""
     from .ensembles import Ensemble
 
     steps = check_int("steps", steps, minimum=1)
     depth = layer + 1 if depth is None else check_int("depth", depth, minimum=layer + 1)
-    x = torch.randn(1, 1, n, generator=rng, device=device, dtype=torch.float64).expand(batch, 1, n)
-    z = torch.randn(1, 1, n, generator=rng, device=device, dtype=torch.float64).expand(batch, 1, n)
+    m = 1 if shared_data else batch  # one (x, z) for all networks (App. G's figures) or one per network (iid networks)
+    x = torch.randn(m, 1, n, generator=rng, device=device, dtype=torch.float64).expand(batch, 1, n)
+    z = torch.randn(m, 1, n, generator=rng, device=device, dtype=torch.float64).expand(batch, 1, n)
     ws = [f.weight for f in Ensemble(n, depth, gates="relu", batch=batch, eta=eta).factors(rng, device=device)]
     before = mlp_factors(ws, x[:, 0])[layer].gate
     run = train_mlp(ws, x, z, lr, steps, record_every=steps)
