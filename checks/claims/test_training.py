@@ -36,9 +36,9 @@ def max_abs_norm_change(run) -> np.ndarray:
 
 
 def log_mean_estimate(values) -> Estimate:
-    """log E[X] with a delta-method standard error."""
+    """log |E[X]| with a delta-method standard error (E[X] > 0 for the norm changes, < 0 for a gate shift)."""
     m = mean_estimate(values)
-    return Estimate(math.log(m.value), m.stderr / m.value, m.dof, m.n)
+    return Estimate(math.log(abs(m.value)), m.stderr / abs(m.value), m.dof, m.n)
 
 
 def exponent(xs, log_means) -> Estimate:
@@ -268,12 +268,6 @@ TRAINED_GATES = (dict(asymptotic=((32, 64, 128), 4, 400, 20, 0.5), printed=(100,
                  dict(asymptotic=((128, 256, 512), 10, 400, 200, 0.05), printed=(100, 10, 30, 1000, 4000, 1e-4)))
 
 
-def log_abs_mean_shift(shift) -> Estimate:
-    """log |E shift| with a delta-method standard error (per-network shifts of frac(D_l = 1))."""
-    m = mean_estimate(shift)
-    return Estimate(math.log(abs(m.value)), m.stderr / abs(m.value), m.dof, m.n)
-
-
 @pytest.mark.claim("approx-trained-gates")
 def test_gate_shift_from_training_vanishes_as_width_grows(profile, rng, device, verdict):
     """Approx. 2 is an n -> inf statement for a fixed number of steps t, justified by lr = O(1/n).  Statistic: per
@@ -292,7 +286,7 @@ def test_gate_shift_from_training_vanishes_as_width_grows(profile, rng, device, 
     arms = {}
     for arm, rate in (("lr = c/n", lambda n: c / n), ("fixed lr", lambda n: lr_fixed)):
         runs = [gates_after_training(n, layer, batch, rate(n), steps, rng, device, shared_data=False) for n in widths]
-        arms[arm] = exponent(widths, [log_abs_mean_shift(r.shift) for r in runs]), runs
+        arms[arm] = exponent(widths, [log_mean_estimate(r.shift) for r in runs]), runs
     sizes = dict(widths=list(widths), layer=layer, B=batch, steps=steps, c=c, lr_fixed=lr_fixed)
     (scaled, runs), (fixed, fixed_runs) = arms["lr = c/n"], arms["fixed lr"]
     verdict.note(shift_lr_c_over_n=[round(float(r.shift.mean()), 4) for r in runs],
