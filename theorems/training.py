@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from .ensembles import Factor
+from .ensembles import Factor, sample_weights
 from .spectral import jacobian_product, log_spectral_norm
 from .validation import check_int, check_real
 
@@ -221,8 +221,7 @@ class GateShift:
 
     open_before: np.ndarray  # (B,) fraction of open gates frac(D_l = 1) per network at init
     open_after: np.ndarray  # (B,) the same after training
-    sign_balance: np.ndarray  # (B,) T_W = frac(W_l > 0) after training
-    weight_change: float  # mean over networks of ||W^t - W^0||_F / ||W^0||_F, all layers together
+    weight_change: float  # mean over layers and networks of ||W_l^t - W_l^0||_F / ||W_l^0||_F
     sample: tuple  # (W_l, D_l, W_{l+1}) after training, numpy (B, n, n), (B, n), (B, n, n): for the gate tests
 
     @property
@@ -239,19 +238,16 @@ def gates_after_training(n: int, layer: int, batch: int, lr: float, steps: int, 
     gates ``D_l = 1{Y_l > 0}`` at the training input x before and after (the input where Thm 2 evaluates J).
     ``shared_data=False`` draws one (x, z) per network, so that networks are iid and a mean over them has an honest
     standard error (with one shared pair, its draw moves every network's shift together)."""
-    from .ensembles import Ensemble
-
     steps = check_int("steps", steps, minimum=1)
     depth = layer + 1 if depth is None else check_int("depth", depth, minimum=layer + 1)
     m = 1 if shared_data else batch  # one (x, z) for all networks (App. G's figures) or one per network (iid networks)
     x = torch.randn(m, 1, n, generator=rng, device=device, dtype=torch.float64).expand(batch, 1, n)
     z = torch.randn(m, 1, n, generator=rng, device=device, dtype=torch.float64).expand(batch, 1, n)
-    ws = [f.weight for f in Ensemble(n, depth, gates="relu", batch=batch, eta=eta).factors(rng, device=device)]
+    ws = [sample_weights(batch, n, 2.0, rng, eta=eta, device=device) for _ in range(depth)]
     before = mlp_factors(ws, x[:, 0])[layer].gate
     run = train_mlp(ws, x, z, lr, steps, record_every=steps)
     after = mlp_factors(run.weights, x[:, 0])[layer].gate
     change = torch.stack([torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b) for a, b in zip(run.weights, ws)])
     w, w_next = run.weights[layer - 1], run.weights[layer]
-    return GateShift(before.mean(-1).cpu().numpy(), after.mean(-1).cpu().numpy(),
-                     (w > 0).double().mean(dim=(-2, -1)).cpu().numpy(), float(change.mean()),
+    return GateShift(before.mean(-1).cpu().numpy(), after.mean(-1).cpu().numpy(), float(change.mean()),
                      (w.cpu().numpy(), after.cpu().numpy(), w_next.cpu().numpy()))
