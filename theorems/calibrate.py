@@ -12,6 +12,9 @@ the failed checks and a fingerprint of every recorded number, and writes ``FILE`
   estimated_false_fail}`` (the design's estimated P(spurious failure) from that run's report);
 * ``failures_per_check``: node id -> number of seeds at which it failed;
 * ``suite_failures``: seeds whose run failed; ``failure_rate`` with its exact (Clopper-Pearson) interval at 95%;
+* ``tightest_checks`` / ``weakest_controls``: per node id the closest call over all seeds: the smallest headroom of
+  its checks (``Comparison.headroom``) and the largest estimated miss probability of its negative controls, with the
+  statistic and the seed (a calibration that passes still shows which checks run near their level);
 * ``flagged``: checks whose failure count is improbable (binomial test, p < 0.01) under their share of the
   budget (the assertion slots they use times ``theorems.budget.PER_ASSERTION_RATE``).
 
@@ -54,6 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: A check is flagged when its failure count has a binomial p-value below this under its share of the budget.
 FLAG_LEVEL = 0.01
 FAILED = ("failed", "error", "xpassed", "incomplete")
+#: Rows of the markdown's closest-call tables.
+TABLE_ROWS = 12
 
 
 class CalibrationError(Exception):
@@ -141,7 +146,26 @@ def run_seed(seed: int, pytest_args: list[str], cwd: str) -> dict:
         "slots_used": doc.get("budget", {}).get("slots_used", 0),
         "estimated_false_fail": doc.get("budget", {}).get("estimated_false_fail_probability"),
         "check_slots": {t["nodeid"]: _slots(t) for t in tests},
+        **margins(tests),
     }
+
+
+def margins(tests: list[dict]) -> dict:
+    """How close each test came to failing at this seed: per node id the smallest ``headroom`` of its checks
+    (log10 of the rate at which it would fail over the rate it runs at; < 0: failed) and the largest estimated miss
+    probability of its negative controls (and power shortfall of its ``below`` checks), each with its statistic."""
+    headroom, miss = {}, {}
+    for t in tests:
+        for r in t["records"]:
+            if r["role"] == "check" and r.get("headroom") is not None:
+                h = float(r["headroom"])
+                if t["nodeid"] not in headroom or h < headroom[t["nodeid"]][0]:
+                    headroom[t["nodeid"]] = [round(h, 3), r["statistic"]]
+            if r["role"] != "measurement" and r.get("miss_probability") is not None:
+                m = float(r["miss_probability"])
+                if t["nodeid"] not in miss or m > miss[t["nodeid"]][0]:
+                    miss[t["nodeid"]] = [float(f"{m:.3g}"), r["statistic"]]
+    return {"headroom": headroom, "control_miss": miss}
 
 
 def _slots(test: dict) -> float:
@@ -165,13 +189,22 @@ def summarize(runs: list[dict], *, complete: bool = True, meta: dict | None = No
         p = float(stats.binom.sf(count - 1, n, share))
         if p < FLAG_LEVEL:
             flagged.append({"nodeid": nid, "failures": count, "share": share, "pvalue": p})
+    tightest, weakest = {}, {}
+    for r in runs:
+        for nid, (h, stat) in r.get("headroom", {}).items():
+            if nid not in tightest or h < tightest[nid]["headroom"]:
+                tightest[nid] = {"headroom": h, "statistic": stat, "seed": r["seed"]}
+        for nid, (m, stat) in r.get("control_miss", {}).items():
+            if nid not in weakest or m > weakest[nid]["miss_probability"]:
+                weakest[nid] = {"miss_probability": m, "statistic": stat, "seed": r["seed"]}
     k = len(failed_runs)
     ci = stats.binomtest(k, n, SUITE_FALSE_FAIL_RATE).proportion_ci(0.95, method="exact") if n else None
     return {
         **(meta or {}),
         "complete": complete,
         "seeds": [r["seed"] for r in runs],
-        "runs": [{key: v for key, v in r.items() if key != "check_slots"} for r in runs],
+        "runs": [{key: v for key, v in r.items() if key not in ("check_slots", "headroom", "control_miss")}
+                 for r in runs],
         "failures_per_check": dict(sorted(per_check.items())),
         "suite_failures": [r["seed"] for r in failed_runs],
         "failure_rate": k / n if n else None,
@@ -180,6 +213,8 @@ def summarize(runs: list[dict], *, complete: bool = True, meta: dict | None = No
         "budget_pvalue": float(stats.binom.sf(k - 1, n, SUITE_FALSE_FAIL_RATE)) if n else None,
         "flagged": flagged,
         "mean_duration_s": round(sum(r["duration_s"] for r in runs) / n, 1) if n else None,
+        "tightest_checks": dict(sorted(tightest.items(), key=lambda kv: kv[1]["headroom"])),
+        "weakest_controls": dict(sorted(weakest.items(), key=lambda kv: -kv[1]["miss_probability"])),
     }
 
 
@@ -202,6 +237,19 @@ def render_markdown(doc: dict) -> str:
         for nid, c in doc["failures_per_check"].items():
             f = flagged.get(nid)
             lines.append(f"| `{nid}` | {c} | {'p = %.2g' % f['pvalue'] if f else ''} |")
+    tight = list(doc.get("tightest_checks", {}).items())[:TABLE_ROWS]
+    if tight:
+        lines += ["", f"Closest calls over all seeds (headroom: log10 of the rate at which the check would fail over "
+                  f"the rate it runs at; below 0 it fails), the {len(tight)} tightest:", "",
+                  "| check | statistic | headroom | seed |", "|---|---|---|---|"]
+        lines += [f"| `{nid}` | {v['statistic']} | {v['headroom']:.2f} | {v['seed']} |" for nid, v in tight]
+    weak = [(nid, v) for nid, v in doc.get("weakest_controls", {}).items()
+            if v["miss_probability"] > PER_ASSERTION_RATE][:TABLE_ROWS]
+    if weak:
+        lines += ["", f"Negative controls (and effects asserted present) whose estimated miss probability exceeded the "
+                  f"per-assertion rate {PER_ASSERTION_RATE:g} at some seed (largest over seeds):", "",
+                  "| check | statistic | miss probability | seed |", "|---|---|---|---|"]
+        lines += [f"| `{nid}` | {v['statistic']} | {v['miss_probability']:.3g} | {v['seed']} |" for nid, v in weak]
     return "\n".join(lines) + "\n"
 
 

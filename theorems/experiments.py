@@ -224,10 +224,25 @@ def bootstrap_crossing(xs, samples: Sequence[np.ndarray], reference: np.ndarray,
             ss = [s[rng.integers(0, s.size, s.size)] for s in samples]
             ref = reference[rng.integers(0, reference.size, reference.size)]
         boots.append(crossing(xs, dev(ss, ref), theta))
-    logs = np.log(np.asarray(boots))
-    logs = logs[np.isfinite(logs)]
-    se = float(np.std(logs, ddof=1)) if logs.size > 10 else math.inf
-    return Estimate(float(np.log(point)), se, math.inf, len(samples))
+    return Estimate(float(np.log(point)), censored_bootstrap_stderr(np.log(np.asarray(boots))), math.inf, len(samples))
+
+
+def censored_bootstrap_stderr(replicates: np.ndarray) -> float:
+    """Standard error from bootstrap replicates of which some may be censored (+inf: no crossing within the grid).
+    None is dropped: with every replicate finite it is their standard deviation; otherwise the half-width of their
+    central 68% with the censored ones in place (infinite, i.e. no usable error, once more than 16% are censored).
+    A zero spread (every replicate at the grid's first point: the crossing lies below the grid) is an error, not an
+    estimate to be floored."""
+    r = np.asarray(replicates, float)
+    if np.all(np.isfinite(r)):
+        se = float(np.std(r, ddof=1))
+    else:
+        lo, hi = np.quantile(r, [0.16, 0.84], method="inverted_cdf")
+        se = float((hi - lo) / 2) if np.isfinite(hi - lo) else math.inf
+    if se == 0.0:
+        raise ValueError("every bootstrap replicate crosses at the same grid point (the crossing is censored at the "
+                         "grid's edge): extend the grid")
+    return se
 
 
 def qr_exponents(ens: Ensemble, k: int, gen, device="cpu") -> np.ndarray:

@@ -157,15 +157,25 @@ def extrapolate(xs, values, stderrs, power: float = 1.0) -> tuple[Estimate, Esti
 
 
 def fit_slope(xs, values, stderrs=None) -> Estimate:
-    """Slope of ``values`` against ``xs`` (weighted if stderrs are given) with its standard error."""
+    """Slope of ``values`` against ``xs`` (weighted if stderrs are given) with its standard error.
+
+    Weighted: the standard error from the stated errors, inflated by ``sqrt(chi^2/dof)`` of the fit when the points
+    scatter more than their errors say (the Birge ratio, as the Particle Data Group scales averages; never deflated):
+    a line that describes the data keeps its error, curvature or understated errors widen it instead of making the
+    slope look precise.  Every stated error must be finite and positive (no floors: a zero error is a bug upstream).
+    """
     x, y = _as_array(xs), _as_array(values)
     if x.size < 3:
         raise ValueError(f"a slope needs at least 3 points; got {x.size}")
     if stderrs is None:
         res = stats.linregress(x, y)
         return Estimate(float(res.slope), float(res.stderr), x.size - 2, x.size)
-    popt, pcov = optimize.curve_fit(lambda x, a, b: a + b * x, x, y, sigma=_as_array(stderrs), absolute_sigma=True)
-    return Estimate(float(popt[1]), float(math.sqrt(pcov[1, 1])), math.inf, x.size)
+    e = _as_array(stderrs)
+    if not (np.all(np.isfinite(e)) and np.all(e > 0)):
+        raise ValueError(f"stderrs must be finite and > 0; got {e.tolist()}")
+    coef, cov = np.polyfit(x, y, 1, w=1.0 / e, cov="unscaled")  # exact weighted least squares, errors as stated
+    birge = math.sqrt(max(1.0, fit_chi2_per_dof(x, y, e)))
+    return Estimate(float(coef[0]), birge * float(math.sqrt(cov[0, 0])), math.inf, x.size)
 
 
 def fit_chi2_per_dof(xs, values, stderrs) -> float:
@@ -284,6 +294,29 @@ class Comparison:
         return float(stats.norm.cdf(q - margin / self.stderr))
 
     @property
+    def headroom(self) -> float | None:
+        """For a check: ``log10(p / alpha)``, where alpha = 1 - level is the rate it runs at and p the smallest rate at
+        which it would still pass (two-sided: 2 P(|T| > (|estimate - prediction| - model error)/stderr); one-sided
+        ``upper``: the same deviate, signed; a significance test: its p-value).  Negative iff the check fails; a
+        calibration over many seeds shows how close each check comes to its level.  None for ``below``, whose
+        spurious failure is a power shortfall, not a level."""
+        if self.kind == "below":
+            return None
+        if self.kind == "pvalue":
+            p = self.estimate
+        elif math.isnan(self.estimate) or math.isnan(self.prediction):
+            return -math.inf
+        elif not math.isfinite(self.estimate):
+            return math.inf if self.consistent else -math.inf
+        else:
+            dev = self.estimate - self.prediction if self.kind == "upper" else abs(self.estimate - self.prediction)
+            z = (dev - self.model_error) / self.stderr if self.stderr > 0 else (math.inf if dev > self.model_error else -math.inf)
+            tail = stats.t.sf(z, self.dof) if math.isfinite(self.dof) else stats.norm.sf(z)
+            p = min(1.0, 2 * float(tail))
+        alpha = self.prediction if self.kind == "pvalue" else 1 - self.level
+        return math.log10(p / alpha) if p > 0 else -math.inf
+
+    @property
     def power_shortfall(self) -> float:
         """For a ``below`` comparison asserted by a check (the effect is claimed to be there): the estimated
         probability that an independent repetition would not detect it, ``1 - miss_probability`` (same
@@ -314,7 +347,7 @@ class Comparison:
             miss = self.power_shortfall
         d.update(role=role, ci_low=lo, ci_high=hi, consistent=self.consistent,
                  min_discrepancy=self.min_discrepancy, slots=self.slots if role != "measurement" else 0.0,
-                 miss_probability=miss)
+                 miss_probability=miss, headroom=self.headroom if role == "check" else None)
         return {k: _plain(v) for k, v in d.items()}
 
 

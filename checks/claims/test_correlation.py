@@ -88,7 +88,7 @@ def test_threshold_scales_like_one_over_n(gates, sweep, profile, verdict):
     within the tolerance at every width reached (up to 512)."""
     widths, batch, l1, l2, points = sweep
     logs = np.array([t[0].value for t in points])
-    ses = np.array([max(t[0].stderr, 1e-3) for t in points])
+    ses = np.array([t[0].stderr for t in points])
     slope = fit_slope(np.log(widths), logs, ses)
     sizes = dict(widths=list(widths), B=batch, L1=l1, L2=l2, gates=gates, theta=THETA)
     verdict.note(corr_star_times_n=np.round(np.exp(logs) * np.array(widths), 3).tolist(),

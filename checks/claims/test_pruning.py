@@ -218,7 +218,7 @@ def edge_measurement(request, device):
     widths, batch, l1, l2 = Profile(request.config.getoption("--profile")).pick(*EDGE_SIZES)
     points = [transition_density(n, batch, l1, l2, rng, device, seed) for n in widths]
     logs = np.array([p[0].value for p in points])
-    ses = np.array([max(p[0].stderr, 1e-3) for p in points])
+    ses = np.array([p[0].stderr for p in points])
     slope = fit_slope(np.log(widths), logs, ses)
     return widths, logs, ses, slope, [p[1] for p in points]
 

@@ -39,6 +39,27 @@ def test_summary_counts_failures_and_flags_improbable_ones():
     assert summarize([_run(s) for s in range(20)])["flagged"] == []
 
 
+def test_closest_calls_are_kept_per_check_over_seeds():
+    """Per seed, the smallest headroom of a test's checks and the largest miss probability of its controls; the
+    summary keeps, per node id, the closest call over all seeds and which seed made it."""
+    from theorems.calibrate import margins, render_markdown
+
+    def rec(role, statistic, headroom=None, miss=None):
+        return {"role": role, "statistic": statistic, "headroom": headroom, "miss_probability": miss}
+
+    tests = [{"nodeid": "a::t", "records": [rec("check", "x", 1.5), rec("check", "y", 0.7),
+                                            rec("negative-control", "c", miss=1e-3), rec("measurement", "m", 0.1)]}]
+    m = margins(tests)
+    assert m == {"headroom": {"a::t": [0.7, "y"]}, "control_miss": {"a::t": [1e-3, "c"]}}
+    later = {"headroom": {"a::t": [0.2, "x"]}, "control_miss": {"a::t": [1e-6, "c"]}}
+    doc = summarize([{**_run(1), **m}, {**_run(2), **later}])
+    assert doc["tightest_checks"]["a::t"] == {"headroom": 0.2, "statistic": "x", "seed": 2}
+    assert doc["weakest_controls"]["a::t"] == {"miss_probability": 1e-3, "statistic": "c", "seed": 1}
+    assert "headroom" not in doc["runs"][0]
+    text = render_markdown({**doc, "pytest_args": []})
+    assert "| `a::t` | x | 0.20 | 2 |" in text and "| `a::t` | c | 0.001 | 1 |" in text
+
+
 def test_xdist_workers_of_a_run():
     assert xdist_workers([]) == 1
     assert xdist_workers(["-n", "3", "-k", "x"]) == 3

@@ -121,6 +121,53 @@ def test_fit_slope_recovers_known_slopes(seed):
     assert s.value == pytest.approx(0.3)
 
 
+def test_weighted_slope_error_is_inflated_by_the_birge_ratio_never_deflated():
+    """A weighted slope keeps the error its stated errors give when the points lie on a line (chi^2/dof <= 1), and
+    is widened by sqrt(chi^2/dof) when they scatter more (curvature, understated errors); zero or infinite stated
+    errors are refused, not floored."""
+    x = np.log([16.0, 32.0, 64.0, 128.0])
+    e = np.full(4, 0.05)
+    on_line = fit_slope(x, -x, e)
+    scattered = -x + np.array([0.1, -0.1, -0.1, 0.1])
+    wide = fit_slope(x, scattered, e)
+    chi2 = fit_chi2_per_dof(x, scattered, e)
+    assert chi2 > 1 and wide.stderr == pytest.approx(on_line.stderr * math.sqrt(chi2))
+    assert fit_slope(x, -x + np.array([0.01, -0.01, -0.01, 0.01]), e).stderr == pytest.approx(on_line.stderr)
+    for bad in (0.0, math.inf):
+        with pytest.raises(ValueError, match="stderrs"):
+            fit_slope(x, -x, [0.05, bad, 0.05, 0.05])
+
+
+def test_headroom_is_negative_exactly_when_a_check_fails():
+    """headroom = log10(p / alpha): p the smallest rate at which the check would still pass; its sign is the verdict
+    (two-sided, one-sided upper, with a model error, and a significance test), and a wider miss has less headroom."""
+    for kind, est in (("two-sided", 1.0), ("two-sided", 1.3), ("two-sided", 0.55), ("upper", 1.2), ("upper", 0.5)):
+        for me in (0.0, 0.2):
+            c = compare("c", "s", Estimate(est, 0.1, 30, 31), 0.9, model_error=me)
+            c.kind = kind
+            assert (c.headroom >= 0) == c.consistent, (kind, est, me, c.headroom)
+    near = compare("c", "s", Estimate(1.0, 0.1, math.inf, 100), 0.95)
+    far = compare("c", "s", Estimate(1.0, 0.1, math.inf, 100), 0.8)
+    assert near.headroom > far.headroom
+    edge = 1.0 + 0.1 * stats.norm.isf((1 - near.level) / 2)  # the prediction on the interval's edge
+    exact = compare("c", "s", Estimate(1.0, 0.1, math.inf, 100), edge)
+    assert exact.headroom == pytest.approx(0.0, abs=1e-9)
+
+
+def test_censored_bootstrap_replicates_are_kept_not_dropped():
+    """No crossing within the grid (+inf) widens the error through the central 68% instead of vanishing from it;
+    more than 16% censored leaves no usable error; a spread of zero (all at the grid's edge) is an error."""
+    from theorems.experiments import censored_bootstrap_stderr
+
+    r = np.random.default_rng(0).normal(0.0, 1.0, 400)
+    assert censored_bootstrap_stderr(r) == pytest.approx(1.0, rel=0.1)
+    some = np.where(np.arange(400) < 40, np.inf, r)  # 10% censored
+    assert censored_bootstrap_stderr(some) > censored_bootstrap_stderr(r[40:])
+    assert censored_bootstrap_stderr(np.where(np.arange(400) < 80, np.inf, r)) == math.inf  # 20% censored
+    with pytest.raises(ValueError, match="censored"):
+        censored_bootstrap_stderr(np.zeros(400))
+
+
 def test_fit_chi2_per_dof_measures_scatter_in_units_of_the_stated_errors(seed):
     rng = np.random.default_rng(seed)
     x = np.linspace(0.0, 1.0, 400)
