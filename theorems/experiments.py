@@ -284,7 +284,9 @@ def alignment_rates(log_sin: dict, log_gap: dict, lengths: Sequence[int]) -> dic
     the slope of E log(s_k/s_{k+1})(A_l), paired per network: 0 when alignment decays at the measured
     separation rate, as the lemma suggests) and the floats ``align_error``, ``sum_error`` (each one's change
     from the early window: the measured convergence in l, used as model error), ``span_error`` (half that change
-    for the span average) and ``separation`` (late slope).
+    for the span average) and ``separation`` (late slope); ``align_plus_twice_separation_span`` (the slope of
+    E log sin θ plus twice that of E log(s_k/s_{k+1}) over the span: 0 if sin θ fell like (s_{k+1}/s_k)², the
+    neighbouring wrong rate) with ``twice_span_error`` (half its change between the windows).
     """
     l0, l1, l2 = lengths
 
@@ -304,4 +306,7 @@ def alignment_rates(log_sin: dict, log_gap: dict, lengths: Sequence[int]) -> dic
         "align_plus_separation": late_sum,
         "sum_error": abs(late_sum.value - early_sum.value),
         "separation": float(np.mean(slope(log_gap, l1, l2))),
+        "align_plus_twice_separation_span": mean_estimate(slope(log_sin, l0, l2) + 2 * slope(log_gap, l0, l2)),
+        "twice_span_error": abs(float(np.mean(late_align + 2 * slope(log_gap, l1, l2)))
+                                - float(np.mean(early_align + 2 * slope(log_gap, l0, l1)))) / 2,
     }
