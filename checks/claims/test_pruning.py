@@ -13,8 +13,9 @@ from theorems.experiments import (
     depth_slope,
     log_norms_at,
     per_layer_slopes,
-    slope_model_error,
+    pruned_slope_model_error,
 )
+from theorems.budget import PER_ASSERTION_RATE
 from theorems.predictions import (
     edge_of_stability_density,
     lyapunov_exponents,
@@ -119,16 +120,21 @@ def slope_window(profile):
 @pytest.mark.printed
 @pytest.mark.parametrize("gates", ["bernoulli", "relu"])
 @pytest.mark.parametrize("s", [0.5, 0.9])
+@pytest.mark.statistical(1)  # the independent bound of pruning's rate offset (pruned_slope_model_error)
 def test_unscaled_random_pruning_rate(s, gates, slope_window, rng, device, verdict):
     """Printed: unscaled ||J^pruned|| ∝ (1-s)^((L-1)/2), i.e. a per-layer slope ½ log(1-s) on top of the
     unpruned rate gamma_1 (a proportionality: (L-1)/2 and L/2 differ by a constant factor).  Tolerance:
-    CI + Δ_n/span.  Negative control: the other exponent, log(1-s) per layer, is rejected."""
+    CI + Δ_n/span + pruning's finite-n offset of the image-norm rate, bounded on independent networks
+    (:func:`pruned_slope_model_error`; its bound takes the test's second slot).  Negative control: the other
+    exponent, log(1-s) per layer, is rejected."""
     n, l1, l2, b = slope_window
     ens = Ensemble(n, l2, gates=gates, batch=b, pruning=Pruning("random", s, 1.0))
     est = depth_slope(ens, l1, l2, rng, device)
     g1 = lyapunov_exponents(n, 0.5, 2.0, 1)[0]
     sizes = dict(n=n, L1=l1, L2=l2, B=b, s=s, gates=gates)
-    err = slope_model_error(n, l1, l2)
+    err, rate = pruned_slope_model_error(ens, 0.5 * math.log(1 - s) + g1, l1, l2, rng, device,
+                                         level_rate=PER_ASSERTION_RATE)
+    verdict.note(image_norm_rate_independent=[round(rate.value, 5), round(rate.stderr, 5)])
     verdict.check(compare("random-pruning-scaling", "per-layer slope, unscaled", est, 0.5 * math.log(1 - s) + g1,
                           model_error=err, sizes=sizes))
     verdict.reject(compare("random-pruning-scaling", "slope vs exponent L-1 (negative control)", est,
@@ -156,23 +162,32 @@ def test_three_scales_agree(s, rng, device, verdict):
 
 @pytest.mark.claim("magnitude-pruning-scaling")
 @pytest.mark.parametrize("s", [0.5, 0.9])
+@pytest.mark.statistical(1)  # the two independent bounds of pruning's rate offset (pruned_slope_model_error)
 def test_wrong_scale_drifts_at_log_c_over_t(s, slope_window, rng, device, verdict):
     """Magnitude pruning scaled by c = (1-s)^-1/2 instead of t_n: per-layer slope gamma_1 + log(c/t_n)
-    (tolerance CI + Δ_n/span); negative control: 'c restores stability' (slope gamma_1) is rejected;
+    (tolerance CI + Δ_n/span + the finite-n offset of the pruned image-norm rate, bounded on independent networks:
+    :func:`pruned_slope_model_error`); negative control: 'c restores stability' (slope gamma_1) is rejected;
     with t_n itself the slope is gamma_1."""
     n, l1, l2, b = slope_window
     t = magnitude_pruning_scale(n, s)
     c = random_pruning_scale(s)
     g1 = lyapunov_exponents(n, 0.5, 2.0, 1)[0]
-    err = slope_model_error(n, l1, l2)
     sizes = dict(n=n, L1=l1, L2=l2, B=b, s=s, t=round(t, 5), c=round(c, 5))
-    wrong = depth_slope(Ensemble(n, l2, gates="relu", batch=b, pruning=Pruning("magnitude", s, c)), l1, l2, rng, device)
+    rate_rate = PER_ASSERTION_RATE / 2  # the two independent bounds share the test's second slot
+    ens_c = Ensemble(n, l2, gates="relu", batch=b, pruning=Pruning("magnitude", s, c))
+    wrong = depth_slope(ens_c, l1, l2, rng, device)
+    err_c, rate_c = pruned_slope_model_error(ens_c, g1 + math.log(c / t), l1, l2, rng, device, level_rate=rate_rate)
     verdict.check(compare("magnitude-pruning-scaling", "slope with scale c", wrong, g1 + math.log(c / t),
-                          model_error=err, sizes=sizes))
+                          model_error=err_c, sizes=sizes))
     verdict.reject(compare("magnitude-pruning-scaling", "slope with c vs stable (negative control)", wrong, g1,
-                           model_error=err, sizes=sizes))
-    right = depth_slope(Ensemble(n, l2, gates="relu", batch=b, pruning=Pruning("magnitude", s, t)), l1, l2, rng, device)
-    verdict.check(compare("magnitude-pruning-scaling", "slope with scale t_n", right, g1, model_error=err, sizes=sizes))
+                           model_error=err_c, sizes=sizes))
+    ens_t = ens_c.with_(pruning=Pruning("magnitude", s, t))
+    right = depth_slope(ens_t, l1, l2, rng, device)
+    err_t, rate_t = pruned_slope_model_error(ens_t, g1, l1, l2, rng, device, level_rate=rate_rate)
+    verdict.note(image_norm_rate_independent={"c": [round(rate_c.value, 5), round(rate_c.stderr, 5)],
+                                              "t_n": [round(rate_t.value, 5), round(rate_t.stderr, 5)]})
+    verdict.check(compare("magnitude-pruning-scaling", "slope with scale t_n", right, g1, model_error=err_t,
+                          sizes=sizes))
 
 
 # --- edge of stability -----------------------------------------------------------------------------

@@ -70,3 +70,25 @@ def test_correlated_weights_have_the_correlation_law(path):
     z = Estimate(math.atanh(r), 1 / math.sqrt(batch - 3), math.inf, batch)
     assert_consistent(compare("correlated-weights", "Fisher z of the entry correlation", z,
                               math.atanh(correlation_from_eta(eta))))
+
+
+@pytest.mark.statistical(2)
+def test_image_norm_rate_is_gamma1_for_gaussian_weights_and_offset_by_pruning(rng):
+    """(1/L) E log||J u|| is gamma_1 exactly with Gaussian weights (no model error: a two-sided interval at the
+    suite's level), and random pruning at finite n lowers it (the offset that pruned_slope_model_error bounds):
+    at n = 48, p = 1/2, s = 0.9 it is significantly below gamma_1 (by about 0.075; the second-order estimate
+    (9/4)(s/(1-s))/(pn)² = 0.035 is only its order of magnitude there)."""
+    from theorems.ensembles import Pruning
+    from theorems.experiments import image_norm_rate
+    from theorems.predictions import lyapunov_exponents
+    from theorems.stats import compare, compare_below
+
+    n, depth, batch = 48, 40, 2000
+    g1 = lyapunov_exponents(n, 0.5, 2.0, 1)[0]
+    gaussian = image_norm_rate(Ensemble(n, depth, batch=batch), rng)
+    check = compare("lyapunov", "image-norm rate, Gaussian", gaussian, g1)  # at the per-assertion level
+    assert check.consistent, check.message()
+    pruned = image_norm_rate(Ensemble(n, depth, batch=batch, pruning=Pruning("random", 0.9, 10 ** 0.5)), rng)
+    below = compare_below("random-pruning-scaling", "image-norm rate, pruned (s = 0.9)", pruned, g1)
+    assert below.consistent, below.message("significantly below gamma_1")
+    assert -0.2 < pruned.value - g1 < 0, pruned
