@@ -67,9 +67,9 @@ def test_change_stays_bounded_in_depth(profile, rng, device, verdict):
     log E[.] = -1.7, -0.7, 0.0, 0.3 at L = 4-32, chi^2/dof 12-33 for a line, whose Birge-inflated slope error then
     let the control pass at master seed 203).  Prediction: at most 0 (bounded in L), one-sided, with model
     error :func:`log_factor_allowance` for the log factors Θ̃ hides (|b| <= 1 in log(L)^b).  Negative control:
-    lr = c/(16 n) (no depth scaling) makes the change grow like L^1 and the same comparison rejects; where it drives some J to exactly 0 (a ReLU collapse at the
-    reference input: an infinite log change) the collapse itself is the rejection and is reported.  A collapse
-    under lr = c/(nL^3) fails the check.
+    lr = c/(16 n) (no depth scaling) makes the change grow like L^1 and the same comparison rejects; where it
+    drives some J to exactly 0 (a ReLU collapse at the reference input: an infinite log change) the collapse
+    itself is the rejection and is reported.  A collapse under lr = c/(nL^3) fails the check.
 
     The printed statistic, E max_t | ||J^t|| - ||J^0|| |, is recorded, not asserted: it carries the growth of
     ||J^0|| itself, which at finite n depends on L/n (exponent ≈ 0.2 at n = 32, L <= 32, but ≈ 0.66, CI
