@@ -81,9 +81,27 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     if config.getoption("--profile") == "full" and config._theorems_device == "cpu":
-        return ["theorems: --profile full on the CPU: expect hours (the full profile is sized for one GPU; the quick "
-                "profile takes about 7 minutes on 2 cores); going on"]
+        return [full_profile_on_cpu_estimate()]
     return None
+
+
+def full_profile_on_cpu_estimate() -> str:
+    """The header line of ``--profile full`` on a CPU: the hours it will take here, from the check modules' cost
+    models at the full sizes (``work(profile)`` next to each size table, theorems.profiles) over this machine's
+    measured GEMM rate times the fraction of it the suite achieves."""
+    import importlib
+    import pkgutil
+
+    import checks.claims
+    from theorems.profiles import ACHIEVED_FRACTION, gemm_rate
+
+    modules = [importlib.import_module(f"checks.claims.{m.name}") for m in pkgutil.iter_modules(checks.claims.__path__)]
+    full, quick = (sum(m.work(Profile(p)) for m in modules if hasattr(m, "work")) for p in ("full", "quick"))
+    rate = gemm_rate()
+    hours = full / (ACHIEVED_FRACTION * rate) / 3600
+    return (f"theorems: --profile full on the CPU: about {hours:.0f} h here ({full:.1e} float64 operations by the size "
+            f"tables' cost model, {full / quick:.0f}x the quick profile, at {ACHIEVED_FRACTION:.0%} of this machine's "
+            f"{rate / 1e9:.0f} GFLOP/s GEMM rate); the full profile is sized for one GPU; going on")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-__all__ = ["Profile"]
+__all__ = ["Profile", "product_flops", "training_flops", "SAMPLE_FLOPS", "ACHIEVED_FRACTION", "gemm_rate"]
 
 
 @dataclass(frozen=True)
@@ -23,3 +24,49 @@ class Profile:
     def pick(self, quick, full):
         """The quick or the full value, by profile."""
         return full if self.full else quick
+
+
+# --- cost model (the CPU time estimate of ``--profile full``, conftest.py) -----------------------------------------
+# Each check module states the float64 work of its dominant kernels at a profile's sizes (its ``work(profile)``,
+# computed from its own size tables) with these two counts; an order-of-magnitude model, not a benchmark.
+
+#: Cost of drawing one Gaussian weight, in flops (measured order: torch.randn float64 ~ 20 GEMM flops per draw).
+SAMPLE_FLOPS = 20
+
+
+def product_flops(batch: int, depth: int, width: int, columns: int | None = None) -> float:
+    """Float64 work of B products of ``depth`` n x n layers applied to ``columns`` vectors (default: the whole
+    product, n columns), weights drawn included."""
+    cols = width if columns is None else columns
+    return float(batch) * depth * width**2 * (2 * cols + SAMPLE_FLOPS)
+
+
+def training_flops(batch: int, depth: int, width: int, samples: int, steps: int) -> float:
+    """Float64 work of full-batch GD on B networks: forward and backward, about 6 n^2 per sample, layer and step."""
+    return 6.0 * batch * depth * width**2 * samples * steps
+
+
+#: The fraction of the machine's float64 GEMM rate (:func:`gemm_rate`, all cores) that the suite achieves on the work
+#: its cost model counts: measured on the 2-core CPU, the quick profile's checks/claims (6.1e12 modelled flops) take
+#: about 380 s with -n 2 against a probe rate of about 76 GFLOP/s (38 per thread): 0.2.  Small matrices, QR, SVD,
+#: sampling and Python overhead make up the rest.
+ACHIEVED_FRACTION = 0.2
+
+
+def gemm_rate(width: int = 512, repeats: int = 4) -> float:
+    """This machine's float64 matrix-product rate (flop/s) on the CPU with torch's current threads: the best of five
+    timings of ``repeats`` n x n products (about 0.1 s)."""
+    import time
+
+    import torch
+
+    a = torch.randn(width, width, dtype=torch.float64)
+    b = torch.randn(width, width, dtype=torch.float64)
+    a @ b
+    best = math.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - t0)
+    return repeats * 2 * width**3 / best

@@ -9,7 +9,7 @@ import pytest
 from theorems.ensembles import Ensemble
 from theorems.experiments import bootstrap_crossing, correlated_log_norms_at, log_norms_at, per_layer_slopes
 from theorems.predictions import correlation_from_eta
-from theorems.profiles import Profile
+from theorems.profiles import Profile, product_flops
 from theorems.seeding import derive_seed, generator
 from theorems.stats import compare, fit_chi2_per_dof, fit_slope, log_factor_allowance, mean_estimate
 
@@ -175,3 +175,10 @@ def test_paper_fig5_small_eta_matches_iid_log_norm(profile, rng, device, verdict
     far = log_norms(4 / math.sqrt(n))
     verdict.reject(compare("correlated-weights", f"E log||J_{depths[-1]}||(eta = 4/sqrt(n)) - iid (negative control)",
                            difference(far, depths[-1]), 0.0, sizes=sizes))
+
+
+def work(profile) -> float:
+    """Float64 work of this module's dominant kernels at the profile's sizes (the ``--profile full`` estimate): per
+    gate model and width, the iid reference and one coupled ensemble per point of C_GRID."""
+    widths, batches, _, l2 = profile.pick(*SIZES)
+    return sum((len(C_GRID) + 1) * product_flops(batches[g], l2, n) for g in GATES for n in sweep_widths(g, widths))

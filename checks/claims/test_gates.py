@@ -8,6 +8,7 @@ import torch
 
 from theorems.ensembles import Ensemble, sample_weights
 from theorems.experiments import chunks
+from theorems.profiles import product_flops
 from theorems.stats import (
     Estimate,
     binomial_pvalue,
@@ -172,3 +173,12 @@ def test_printed_weak_correlation_keeps_approximation(sizes, rng, device, seed, 
     pvals = gate_statistics(layer_sample(n, layer, N, 0.1, rng, device), np.random.default_rng(seed))
     for t in _tests(pvals, sizes, "(eta = 0.1)")[:2]:
         verdict.check(t)
+
+
+def work(profile) -> float:
+    """Float64 work of this module's dominant kernels at the profile's sizes (the ``--profile full`` estimate):
+    forward passes (matrix-vector products) through the sampled layers."""
+    widths, layer, batch = profile.pick(*ASYMPTOTIC)
+    n, layer_printed, nets = profile.pick(*SIZES)
+    return sum(product_flops(batch, layer, w, columns=1) for w in widths) + 6 * product_flops(nets, layer_printed + 1, n,
+                                                                                              columns=1)

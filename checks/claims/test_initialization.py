@@ -13,13 +13,17 @@ from theorems.predictions import (
     lyapunov_exponents,
     masked_product_edge,
 )
+from theorems.profiles import product_flops
 from theorems.stats import Estimate, compare, extrapolate, fit_slope, mean_estimate
+
+
+DEPTH_WINDOW = ((96, 10, 250, 24), (512, 20, 620, 64))  # quick, full: n, L1, L2, B
 
 
 @pytest.fixture
 def depth_window(profile):
     """Width and the two depths of the per-layer slope; the span sets the model error Δ_n / span."""
-    return profile.pick(quick=(96, 10, 250, 24), full=(512, 20, 620, 64))  # n, L1, L2, B
+    return profile.pick(*DEPTH_WINDOW)
 
 
 # --- critical-init ---------------------------------------------------------------------------------
@@ -107,9 +111,12 @@ def test_printed_rate_L_times_half_sigma2_to_the_L(depth_window, rng, device, ve
 
 # --- free-limit ------------------------------------------------------------------------------------
 
+FREE_WIDTHS = ((48, 96, 192, 384), (128, 256, 512, 1024, 2048))  # quick, full
+
+
 @pytest.fixture
 def widths(profile):
-    return profile.pick(quick=(48, 96, 192, 384), full=(128, 256, 512, 1024, 2048))
+    return profile.pick(*FREE_WIDTHS)
 
 
 def _edge_extrapolation(L, p, gates, widths, rng, device, batch, sigma2=None):
@@ -172,3 +179,13 @@ def test_printed_semicircular_limit(widths, profile, rng, device, verdict):
     a, model_err, _, _ = _edge_extrapolation(L, 0.5, "bernoulli", widths, rng, device, batch, sigma2=1.0)
     verdict.check(compare("free-limit", "E||J||² vs printed ||s_1 s_2||²", a, free_semicircular_product_norm2(L, 0.5),
                           model_error=model_err, sizes=dict(widths=list(widths), L=L, B=batch)))
+
+
+def work(profile) -> float:
+    """Float64 work of this module's dominant kernels at the profile's sizes (the ``--profile full`` estimate): nine
+    per-layer slope ensembles and the free-edge extrapolations (more networks at the small widths)."""
+    n, _, l2, b = profile.pick(*DEPTH_WINDOW)
+    widths = profile.pick(*FREE_WIDTHS)
+    edge = sum(product_flops(batch * max(1, widths[-2] // w), L, w) for L, _, _, batch in EDGE_CASES[profile.name]
+               for w in widths)
+    return 9 * product_flops(b, l2, n) + edge

@@ -10,6 +10,7 @@ from hypothesis import assume, find, given, strategies as st
 from theorems.ensembles import Ensemble, haar_frame, sample_weights
 from theorems.experiments import alignment_profile, alignment_rates, log_singular_values_at, qr_exponents
 from theorems.predictions import free_log_rate, lyapunov_exponents, resolvable_k
+from theorems.profiles import product_flops, training_flops
 from theorems.seeding import generator
 from theorems.spectral import (
     log_norm_of_image,
@@ -105,16 +106,25 @@ def test_log_image_norm_is_exactly_L_gamma1(L, gates, rng, device, verdict):
                            L * free_log_rate(sigma2), sizes=sizes))
 
 
+#: (p, n) of the finite-depth convergence check, its networks per depth (quick, full) and depths in units of n.
+CONVERGENCE_CASES = [(1.0, 12), (0.5, 56)]
+CONVERGENCE_DEPTHS = (2, 4, 8, 16)
+
+
+def convergence_batch(profile, n):
+    return profile.pick(160 if n < 20 else 48, 256)
+
+
 @pytest.mark.claim("lyapunov")
-@pytest.mark.parametrize("p,n", [(1.0, 12), (0.5, 56)])
+@pytest.mark.parametrize("p,n", CONVERGENCE_CASES)
 def test_singular_values_converge_with_first_order_correction(p, n, profile, rng, device, verdict):
     """Statistic: (1/L) E log s_{k,L} of the actual product (SVD; independent networks at each depth), fitted as
     a + b/L over L in FINITE_DEPTHS;
     prediction a = gamma_k; model error: the change of a when the smallest depth is dropped (the o(1/L) rest).
     The fit's p-value checks that L times the error stays bounded (a + b/L describes it).  Values below the
     dtype's precision floor are flagged and not asserted.  Negative control: gamma_1 at 1.03 σ² is rejected."""
-    k, batch, sigma2 = 3, profile.pick(160 if n < 20 else 48, 256), 2.0
-    FINITE_DEPTHS = (2 * n, 4 * n, 8 * n, 16 * n)
+    k, batch, sigma2 = 3, convergence_batch(profile, n), 2.0
+    FINITE_DEPTHS = tuple(m * n for m in CONVERGENCE_DEPTHS)
     ens = Ensemble(n, FINITE_DEPTHS[-1], sigma2=sigma2, keep_prob=p, gates="bernoulli" if p < 1 else "none",
                    batch=batch)
     # independent networks per depth: prefixes of the same products make the points correlated, and the fit's
@@ -144,15 +154,17 @@ def test_singular_values_converge_with_first_order_correction(p, n, profile, rng
 # --- spectral separation ---------------------------------------------------------------------------
 
 SEPARATION_DEPTHS = (20, 80, 140)
+SEPARATION_CASES = [(1.0, 16), (0.5, 64)]  # (p, n)
+SEPARATION_BATCH = (192, 256)  # quick, full
 
 
 @pytest.mark.claim("spectral-separation")
-@pytest.mark.parametrize("p,n", [(1.0, 16), (0.5, 64)])
+@pytest.mark.parametrize("p,n", SEPARATION_CASES)
 def test_log_gaps_grow_linearly_at_the_exponent_gaps(p, n, profile, rng, device, verdict):
     """Statistic: per-layer slope of E log(s_k/s_{k+1}) over [80, 140]; prediction gamma_k - gamma_{k+1};
     model error: its difference from the slope over [20, 80] (measured convergence in L).
     Negative controls: no separation (slope 0) and twice the predicted slope are rejected."""
-    k, batch, sigma2 = 3, profile.pick(192, 256), 2.0
+    k, batch, sigma2 = 3, profile.pick(*SEPARATION_BATCH), 2.0
     ens = Ensemble(n, SEPARATION_DEPTHS[-1], sigma2=sigma2, keep_prob=p, gates="bernoulli" if p < 1 else "none",
                    batch=batch)
     at = log_singular_values_at(ens, SEPARATION_DEPTHS, k + 1, rng, device)
@@ -228,6 +240,9 @@ ALIGN_LENGTHS = {"none": (10, 40, 70), "gated": (60, 130, 200)}  # the asymptoti
 #: With 30 factors (s_1/s_2(B) ≈ e^0.75) the sum slope carried a bias of about -0.006 per layer at n = 48 (4 standard
 #: errors at 256 networks, covered only by the window difference); with 100 it is within one standard error of 0.
 ALIGN_TAIL = 100
+ALIGN_WIDTH = {"none": 8, "gated": 48}
+ALIGN_BATCH = {"none": (96, 256), "gated": (256, 256)}  # quick, full
+ALIGN_GATES = ["none", "bernoulli", "relu"]
 
 
 ALIGNMENT_CONTROLS = ("no alignment", "twice the rate")
@@ -251,7 +266,7 @@ def _check_alignment_rates(verdict, rates, sizes, label="", asserted=ALIGNMENT_C
 
 
 @pytest.mark.claim("alignment")
-@pytest.mark.parametrize("gates", ["none", "bernoulli", "relu"])
+@pytest.mark.parametrize("gates", ALIGN_GATES)
 def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng, device, verdict):
     """A_l = product of the last l factors (sharing the output end with J; depth L = l_max + ALIGN_TAIL).
     By the lemma, sin θ(u_1(J), u_1(A_l)) ≈ (s_2/s_1)(A_l) x an O(1) factor independent of l, so
@@ -263,10 +278,10 @@ def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng
     slope of E log sin θ + 2 x slope of E log(s_1/s_2) = 0) are rejected.
     The negative control uses the slope over the whole span (l0, l2), with half the windows' difference as
     model error.  (1 - |<u_1(J), u_1(A_l)>| ≈ sin²/2 decays at twice the rate.)"""
-    n = 8 if gates == "none" else 48
-    p = 1.0 if gates == "none" else 0.5
-    batch, sigma2 = profile.pick(96 if gates == "none" else 256, 256), 2.0
-    lengths = ALIGN_LENGTHS["none" if gates == "none" else "gated"]
+    model = "none" if gates == "none" else "gated"
+    n, p = ALIGN_WIDTH[model], 1.0 if gates == "none" else 0.5
+    batch, sigma2 = profile.pick(*ALIGN_BATCH[model]), 2.0
+    lengths = ALIGN_LENGTHS[model]
     L = lengths[-1] + ALIGN_TAIL
     ens = Ensemble(n, L, sigma2=sigma2, gates=gates, batch=batch, input_gate=gates != "bernoulli")
     rates = alignment_rates(*alignment_profile(ens.factors(rng, device=device), lengths, 1), lengths)
@@ -276,6 +291,14 @@ def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng
         g = lyapunov_exponents(n, p, sigma2, 2)
         verdict.check(compare("alignment", "slope of E log sin θ_1 vs -(gamma_1 - gamma_2)", rates["align"],
                               -(g[0] - g[1]), model_error=rates["align_error"], sizes=sizes))
+
+
+#: Trained alignment (quick, full), per model: depth L, lengths, networks, GD steps, digits samples.  The ReLU
+#: MLP's slopes vary more from network to network: 48 networks (with 24 the no-alignment control was missed with
+#: estimated probability 0.24), trained for 100 steps instead of 150 to keep its cost.
+TRAINED_ALIGNMENT = (dict(gated=(90, (10, 35, 60), 32, 150, 256), relu=(90, (10, 35, 60), 48, 100, 64)),
+                     dict(gated=(100, (10, 40, 70), 32, 400, 512), relu=(100, (10, 40, 70), 32, 400, 512)))
+TRAINED_ALIGNMENT_WIDTH = 64
 
 
 @pytest.mark.claim("alignment")
@@ -292,12 +315,8 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
     k = 1 (training evens out J's top singular values, so in the gated model u_1 aligns more slowly: about -0.01
     to -0.02 per layer against -0.03 at k = 10), the loss ratio, and mismatched pairs (U_k(J) of another network:
     no shared factor, no alignment)."""
-    n, k = 64, 10
-    # the ReLU MLP's slopes vary more from network to network: 48 networks (with 24 the no-alignment control was
-    # missed with estimated probability 0.24), trained for 100 steps instead of 150 to keep its cost
-    L, lengths, batch, steps, samples = profile.pick((90, (10, 35, 60), 32 if model == "gated" else 48,
-                                                      150 if model == "gated" else 100, 256 if model == "gated" else 64),
-                                                     (100, (10, 40, 70), 32, 400, 512))
+    n, k = TRAINED_ALIGNMENT_WIDTH, 10
+    L, lengths, batch, steps, samples = profile.pick(*TRAINED_ALIGNMENT)[model]
     if model == "gated":
         _, factors, loss_ratio = trained_fixed_gates_network(L, batch, steps, samples, rng, device)
     else:
@@ -326,3 +345,17 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
                                  lengths)
     verdict.record(compare("alignment", f"slope of E log sin θ_{k}, mismatched pairs", mismatched["align"], 0.0,
                            model_error=mismatched["align_error"], sizes=sizes))
+
+
+def work(profile) -> float:
+    """Float64 work of this module's dominant kernels at the profile's sizes (the ``--profile full`` estimate)."""
+    qr = sum(product_flops(b, depth, n, resolvable_k(n, p, profile.pick(4, 64)))
+             for n, p, _, _, (depth, b), _ in QR_CASES[profile.name])
+    convergence = sum(product_flops(convergence_batch(profile, n), m * n, n) for _, n in CONVERGENCE_CASES
+                      for m in CONVERGENCE_DEPTHS)
+    separation = sum(product_flops(profile.pick(*SEPARATION_BATCH), SEPARATION_DEPTHS[-1], n) for _, n in SEPARATION_CASES)
+    align = sum(product_flops(profile.pick(*ALIGN_BATCH[m]), ALIGN_LENGTHS[m][-1] + ALIGN_TAIL, ALIGN_WIDTH[m])
+                for m in ("none", "gated", "gated"))
+    trained = sum(training_flops(b, L, TRAINED_ALIGNMENT_WIDTH, samples, steps) + 3 * product_flops(b, L, 64)
+                  for L, _, b, steps, samples in profile.pick(*TRAINED_ALIGNMENT).values())
+    return qr + convergence + separation + align + trained

@@ -16,6 +16,7 @@ from theorems.experiments import (
     pruned_slope_model_error,
 )
 from theorems.budget import PER_ASSERTION_RATE
+from theorems.profiles import product_flops
 from theorems.predictions import (
     edge_of_stability_density,
     lyapunov_exponents,
@@ -78,15 +79,19 @@ def gap_extrapolation(instance, widths, batch, rng, device):
     return a_half, abs(a_half.value - a_one.value), vals
 
 
+#: The gap checks' widths and networks per width (quick, full).
+GAP_SIZES = (((32, 64, 128, 256), 48), ((128, 256, 512, 1024, 2048), 64))
+
+
 @pytest.fixture
 def gap_widths(profile):
-    return profile.pick(quick=(32, 64, 128, 256), full=(128, 256, 512, 1024, 2048))
+    return profile.pick(*GAP_SIZES)[0]
 
 
 @pytest.mark.claim("stability-theorem")
 def test_gap_vanishes_as_width_grows(instance, gap_widths, profile, rng, device, verdict):
     """Statistic: E[log||J^B|| - log||J||] (same W and gates), extrapolated in n; prediction 0."""
-    batch = profile.pick(48, 64)
+    batch = profile.pick(*GAP_SIZES)[1]
     a, err, vals = gap_extrapolation(instance, gap_widths, batch, rng, device)
     verdict.check(compare("stability-theorem", f"gap extrapolated to n->inf ({instance})", a, 0.0, model_error=err,
                           sizes=dict(widths=list(gap_widths), L=GAP_DEPTH, B=batch),
@@ -98,7 +103,7 @@ def test_gap_vanishes_as_width_grows(instance, gap_widths, profile, rng, device,
 def test_unscaled_random_pruning_gap_does_not_vanish(gap_widths, profile, rng, device, verdict):
     """Negative control: without the (1-s)^-1/2 scale the same extrapolation rejects 0
     (the gap is (L/2) log(1-s) exactly)."""
-    batch = profile.pick(48, 64)
+    batch = profile.pick(*GAP_SIZES)[1]
     vals, ses = [], []
     for n in gap_widths:
         est = mean_estimate(coupled_log_norm_gap(Ensemble(n, GAP_DEPTH, batch=batch), rng, device,
@@ -111,9 +116,12 @@ def test_unscaled_random_pruning_gap_does_not_vanish(gap_widths, profile, rng, d
                            model_error=abs(a.value - a1.value), sizes=dict(widths=list(gap_widths), L=GAP_DEPTH)))
 
 
+SLOPE_WINDOW = ((96, 10, 130, 24), (256, 20, 420, 48))  # quick, full: n, L1, L2, B of the per-layer slope checks
+
+
 @pytest.fixture
 def slope_window(profile):
-    return profile.pick(quick=(96, 10, 130, 24), full=(256, 20, 420, 48))
+    return profile.pick(*SLOPE_WINDOW)
 
 
 @pytest.mark.claim("random-pruning-scaling")
@@ -333,3 +341,16 @@ def test_unscaled_pruning_fails_the_same_property(rng, device, verdict):
     dev = coupled_slope_deviation(n, s, 16, 5, 25, rng, scale=1.0, device=device)
     verdict.reject(compare_at_most("random-pruning-scaling", "|Δ per-layer rate| unscaled (negative control)",
                                    mean_estimate(np.abs(dev)), THETA, sizes=dict(n=n, s=s, B=16, L1=5, L2=25)))
+
+
+def work(profile) -> float:
+    """Float64 work of this module's dominant kernels at the profile's sizes (the ``--profile full`` estimate): the
+    coupled gaps (two products per network), the pruned slopes (8 ensembles plus their independent rate bounds) and
+    the edge scan (the reference and one ensemble per degree)."""
+    widths, batch = profile.pick(*GAP_SIZES)
+    gaps = (len(INSTANCES[profile.name]) + 1) * sum(2 * product_flops(batch, GAP_DEPTH, n) for n in widths)
+    n, _, l2, b = profile.pick(*SLOPE_WINDOW)
+    slopes = 8 * (product_flops(b, l2, n) + product_flops(2 * b, l2, n, columns=1))
+    widths, batch, _, l2 = profile.pick(*EDGE_SIZES)
+    edge = sum((len(DEGREES) + 1) * product_flops(batch, l2, n) for n in widths)
+    return gaps + slopes + edge

@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 
 from theorems.ensembles import Ensemble, sample_weights
 from theorems.seeding import generator
+from theorems.profiles import training_flops
 from theorems.stats import (Estimate, binomial_pvalue, compare, compare_at_most, compare_below, fit_slope,
                             log_factor_allowance, mean_estimate, significance_test)
 from theorems.training import (balance_defects, gates_after_training, regression_data,
@@ -58,6 +59,9 @@ def secant_exponent(xs, log_means) -> Estimate:
 
 # --- training-stability (Thm 2) --------------------------------------------------------------------
 
+STABILITY_SIZES = ((32, (4, 8, 16, 32), 20, 128, 4.0), (128, (4, 8, 16, 32, 64), 50, 32, 4.0))  # n, depths, steps, B, c
+
+
 @pytest.mark.claim("training-stability")
 def test_change_stays_bounded_in_depth(profile, rng, device, verdict):
     """Thm 2: lr = c/(n L^3), a fixed number of steps, ``||J^t|| - ||J^0|| = Θ̃_L(1)`` (n -> inf first).
@@ -75,8 +79,7 @@ def test_change_stays_bounded_in_depth(profile, rng, device, verdict):
     ||J^0|| itself, which at finite n depends on L/n (exponent ≈ 0.2 at n = 32, L <= 32, but ≈ 0.66, CI
     [0.38, 0.94], at n = 128, L <= 64 against 0.93 for the negative control), so its verdict at reachable
     sizes is inconclusive; the scale-free log change is the reading that separates the two learning rates."""
-    n, depths, steps, batch, c = profile.pick((32, (4, 8, 16, 32), 20, 128, 4.0),
-                                              (128, (4, 8, 16, 32, 64), 50, 32, 4.0))
+    n, depths, steps, batch, c = profile.pick(*STABILITY_SIZES)
     sizes = dict(n=n, depths=list(depths), steps=steps, B=batch, c=c)
     allowance = log_factor_allowance([depths[0], depths[-1]])
 
@@ -111,13 +114,16 @@ def test_change_stays_bounded_in_depth(profile, rng, device, verdict):
 
 # --- stagnation-phase (Thm 3) ----------------------------------------------------------------------
 
+STAGNATION_SIZES = (((32, 64, 128), 6, 96, 1.0, 10.0), ((64, 128, 256, 512), 10, 96, 1.0, 10.0))  # widths, L, B, c, kappa
+
+
 @pytest.mark.claim("stagnation-phase")
 def test_change_over_horizon_shrinks_with_width(profile, rng, device, verdict):
     """lr = c/(n log^1.5 n), horizon kappa/(n log^1.5(n) lr) = kappa/c steps.  Statistic: exponent of
     E max_t|Δ log||J^t||| in n; prediction: the first-order rate lr * steps * L ∝ 1/(n log^1.5 n), local
     exponent -(1 + 1.5/log n); model error :func:`log_factor_allowance` (unknown log factors, |b| <= 1).  Negative control: a feature-learning
     lr = c'/n over its own horizon (∝ n steps) does not shrink, and the same comparison rejects."""
-    widths, L, batch, c, kappa = profile.pick(((32, 64, 128), 6, 96, 1.0, 10.0), ((64, 128, 256, 512), 10, 96, 1.0, 10.0))
+    widths, L, batch, c, kappa = profile.pick(*STAGNATION_SIZES)
     steps = int(kappa / c)
     sizes = dict(widths=list(widths), L=L, B=batch, c=c, kappa=kappa, steps=steps)
     nbar = math.exp(np.mean(np.log(widths)))
@@ -230,6 +236,11 @@ def test_main_text_sentence_larger_is_an_erratum(toy_sample, verdict):
 
 # --- descent-convergence (§4.3, Fig. 2) ------------------------------------------------------------
 
+DESCENT_SIZES = ((32, 4, 64, 200, 48), (256, 8, 256, 2000, 48))  # n, L, samples, steps, B (digits: n = 64)
+DESCENT_DIGITS_SAMPLES = (128, 512)
+DESCENT_GRID = (0.3, 0.1, 0.03, 0.01)  # App. G's learning rates
+
+
 @pytest.mark.claim("descent-convergence")
 @pytest.mark.parametrize("data", ["synthetic", "digits"])
 def test_norm_drops_then_settles(data, profile, rng, device, verdict):
@@ -240,12 +251,12 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
     early change of log||J|| (first 20% of steps) is negative (one-sided, rejected >= 0); the change over the last
     half is below 10% of the total change (one-sided).  Negative control: the same 'settled' criterion applied to the
     first half of training (where the norm is still moving) is rejected."""
-    n, L, samples, steps, batch = profile.pick((32, 4, 64, 200, 48), (256, 8, 256, 2000, 48))
+    n, L, samples, steps, batch = profile.pick(*DESCENT_SIZES)
     if data == "digits":
-        n, samples = 64, profile.pick(128, 512)
+        n, samples = 64, profile.pick(*DESCENT_DIGITS_SAMPLES)
     x, z = regression_data(data, batch, samples, n, rng, device)
     ws = [sample_weights(batch, n, 2.0, rng, device=device) for _ in range(L)]
-    grid = (0.3, 0.1, 0.03, 0.01)
+    grid = DESCENT_GRID
     runs = [train_mlp(ws, x, z, lr, steps, record_every=steps // 20) for lr in grid]
     # a network that diverges or dies (J = 0: every gate closed at the reference input) at an lr does not use it
     final = np.stack([np.where(np.isfinite(r.loss).all(axis=0) & np.isfinite(r.log_norm).all(axis=0), r.loss[-1], np.inf)
@@ -341,13 +352,16 @@ def test_printed_gates_still_fair_coins_after_training(profile, rng, device, see
 
 # --- balanced-dynamics (Haas Prop. 4.5) ----------------------------------------------------------------
 
+BALANCE_SIZES = ((16, 4, 16, 0.05, 0.5), (64, 8, 32, 0.05, 1.0))  # n, L, B, lr, time lr * steps
+
+
 @pytest.mark.claim("balanced-dynamics")
 def test_balance_drift_is_second_order_in_lr(profile, rng, device, verdict):
     """C_l = M_{l+1}^T M_{l+1} - M_l M_l^T is conserved by gradient flow; one GD step changes it by
     lr² (G_{l+1}^T G_{l+1} - G_l G_l^T).  At fixed time lr * steps the drift is O(lr): statistic: per-network
     slope of log drift against log lr over lr, lr/2; prediction 1; model error: its difference from the slope over
     lr/2, lr/4 (measured convergence).  Negative controls: slope 0 (no conservation) and 2 are rejected."""
-    n, L, batch, lr0, time_ = profile.pick((16, 4, 16, 0.05, 0.5), (64, 8, 32, 0.05, 1.0))
+    n, L, batch, lr0, time_ = profile.pick(*BALANCE_SIZES)
     ens = Ensemble(n, L, gates="bernoulli", batch=batch, input_gate=False, sigma2=2.0)
     factors = list(ens.factors(rng, device=device))
     ws = [f.weight for f in factors]
@@ -371,3 +385,23 @@ def test_balance_drift_is_second_order_in_lr(profile, rng, device, verdict):
                           sizes=sizes))
     verdict.reject(compare("balanced-dynamics", "order 0 (negative control)", est, 0.0, model_error=err, sizes=sizes))
     verdict.reject(compare("balanced-dynamics", "order 2 (negative control)", est, 2.0, model_error=err, sizes=sizes))
+
+
+def work(profile) -> float:
+    """Float64 work of this module's dominant kernels at the profile's sizes (the ``--profile full`` estimate):
+    gradient descent everywhere (one sample per network unless stated)."""
+    n, depths, steps, b, _ = profile.pick(*STABILITY_SIZES)
+    stability = 2 * sum(training_flops(b, L, n, 1, steps) for L in depths)
+    widths, L, b, c, kappa = profile.pick(*STAGNATION_SIZES)
+    stagnation = sum(training_flops(b, L, w, 1, int(kappa / c)) + training_flops(b, L, w, 1, w // 4) for w in widths)
+    n, L, samples, steps, b = profile.pick(*DESCENT_SIZES)
+    digits = profile.pick(*DESCENT_DIGITS_SAMPLES)
+    descent = len(DESCENT_GRID) * (training_flops(b, L, n, samples, steps) + training_flops(b, L, 64, digits, steps))
+    sizes = profile.pick(*TRAINED_GATES)
+    widths, layer, b, steps, _ = sizes["asymptotic"]
+    gates = 2 * sum(training_flops(b, layer + 1, w, 1, steps) for w in widths)
+    n_printed, _, depth, nets, steps_printed, _ = sizes["printed"]
+    printed = training_flops(nets, depth, n_printed, 1, steps_printed)
+    n, L, b, lr0, time_ = profile.pick(*BALANCE_SIZES)
+    balance = training_flops(b, L, n, 2 * n, int(7 * time_ / lr0))  # lr0, lr0/2, lr0/4 over the same time
+    return stability + stagnation + descent + gates + printed + balance

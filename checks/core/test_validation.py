@@ -123,3 +123,27 @@ def test_stable_learning_rate_keeps_gd_stable_and_is_not_vacuous(rng):
     assert bool((masked_linear_loss(train_masked_linear(ws, gates, x, z, lr, 50), gates, x, z) < before).all())
     blown = masked_linear_loss(train_masked_linear(ws, gates, x, z, 1000 * lr, 50), gates, x, z)
     assert not bool((blown < before).all())
+
+
+def test_every_check_module_states_its_work_and_the_full_profile_on_a_cpu_gets_an_estimate(monkeypatch):
+    """Each module of checks/claims has a cost model next to its size tables (``work(profile)``: float64 operations),
+    larger at full size; the header line of --profile full on a CPU turns their sum into hours at this machine's
+    measured GEMM rate (fixed here at 1e10 flop/s)."""
+    import importlib
+    import pkgutil
+    import re
+
+    import checks.claims
+    import theorems.profiles
+    from conftest import full_profile_on_cpu_estimate
+    from theorems.profiles import ACHIEVED_FRACTION, Profile
+
+    modules = [importlib.import_module(f"checks.claims.{m.name}") for m in pkgutil.iter_modules(checks.claims.__path__)]
+    assert modules and all(hasattr(m, "work") for m in modules), [m.__name__ for m in modules if not hasattr(m, "work")]
+    for m in modules:
+        assert 0 < m.work(Profile("quick")) < m.work(Profile("full")), m.__name__
+    monkeypatch.setattr(theorems.profiles, "gemm_rate", lambda: 1e10)
+    line = full_profile_on_cpu_estimate()
+    full = sum(m.work(Profile("full")) for m in modules)
+    hours = float(re.search(r"about (\d+) h here", line).group(1))
+    assert hours == pytest.approx(full / (ACHIEVED_FRACTION * 1e10) / 3600, abs=0.5), line
