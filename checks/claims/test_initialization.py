@@ -14,7 +14,7 @@ from theorems.predictions import (
     masked_product_edge,
 )
 from theorems.profiles import product_flops
-from theorems.stats import Estimate, compare, extrapolate, fit_slope, mean_estimate
+from theorems.stats import compare, extrapolate, fit_slope, mean_estimate
 
 
 DEPTH_WINDOW = ((96, 10, 250, 24), (512, 20, 620, 64))  # quick, full: n, L1, L2, B
@@ -45,15 +45,15 @@ def test_per_layer_rate_is_gamma1(gates, sigma2, depth_window, rng, device, verd
 
 
 #: Depths of the prefactor check and the two widths (n >> L) whose exponents bound the finite-width drift.
-PREFACTOR = dict(depths=(2, 4, 8, 16), widths=(128, 256), batch=48)
+PREFACTOR = dict(depths=(2, 4, 8, 16), widths=(128, 256), batch=96)
 
 
-def squared_norm_depth_exponent(n, depths, batch, rng, device):
-    """Exponent of E||J||² in L at σ² = 2: weighted fit of log E||J_L||² (delta-method errors) on log L, one set of
-    networks per width streamed through the depths (prefixes)."""
+def log_mean_squared_norms(n, depths, batch, rng, device):
+    """log E||J_L||² at σ² = 2 per depth with delta-method errors, one set of networks per width streamed through
+    the depths (prefixes)."""
     ln = log_norms_at(Ensemble(n, depths[-1], sigma2=2.0, gates="relu", batch=batch), depths, rng, device)
-    logs = [mean_estimate(np.exp(2 * ln[L])) for L in depths]
-    return fit_slope(np.log(depths), [math.log(m.value) for m in logs], [m.stderr / m.value for m in logs])
+    means = [mean_estimate(np.exp(2 * ln[L])) for L in depths]
+    return np.array([math.log(m.value) for m in means]), np.array([m.stderr / m.value for m in means])
 
 
 @pytest.mark.claim("critical-init")
@@ -67,9 +67,13 @@ def test_norm_squared_grows_linearly_in_depth_at_criticality(rng, device, verdic
     Negative controls: the printed Θ(L) read for ||J|| (exponent 2 for ||J||²) and no prefactor (exponent 0) are
     rejected."""
     depths, (half, n), batch = PREFACTOR["depths"], PREFACTOR["widths"], PREFACTOR["batch"]
-    est = squared_norm_depth_exponent(n, depths, batch, rng, device)
-    other = squared_norm_depth_exponent(half, depths, batch, rng, device)
-    drift = Estimate(est.value - other.value, math.hypot(est.stderr, other.stderr), math.inf, batch)
+    logs, errs = log_mean_squared_norms(n, depths, batch, rng, device)
+    logs_half, errs_half = log_mean_squared_norms(half, depths, batch, rng, device)
+    est = fit_slope(np.log(depths), logs, errs)
+    # the drift is the slope of the per-depth differences (the curvature both widths share cancels there; fitting
+    # each width and differencing inflated both errors by their chi^2 and made the model error ~0.9, calibration
+    # seed 212)
+    drift = fit_slope(np.log(depths), logs - logs_half, np.hypot(errs, errs_half))
     err = max(abs(v) for v in drift.interval()) / (math.sqrt(2) - 1)
     edge = fit_slope(np.log(depths), np.log([masked_product_edge(L, 0.5, 2.0) for L in depths])).value
     sizes = dict(n=n, half_width=half, depths=list(depths), B=batch, sigma2=2.0, gates="relu")
