@@ -11,8 +11,8 @@ from hypothesis import given, strategies as st
 from theorems.ensembles import Ensemble, sample_weights
 from theorems.seeding import generator
 from theorems.profiles import training_flops
-from theorems.stats import (Estimate, binomial_pvalue, compare, compare_at_most, compare_below, fit_slope,
-                            log_factor_allowance, mean_estimate, significance_test)
+from theorems.stats import (Estimate, binomial_pvalue, compare, compare_at_most, compare_below, log_factor_allowance,
+                            mean_estimate, significance_test)
 from theorems.training import (balance_defects, gates_after_training, regression_data,
                                train_masked_linear, train_mlp)
 
@@ -40,11 +40,6 @@ def log_mean_estimate(values) -> Estimate:
     """log |E[X]| with a delta-method standard error (E[X] > 0 for the norm changes, < 0 for a gate shift)."""
     m = mean_estimate(values)
     return Estimate(math.log(abs(m.value)), m.stderr / abs(m.value), m.dof, m.n)
-
-
-def exponent(xs, log_means) -> Estimate:
-    """Weighted fit of the estimates log E[.] against log x: the exponent of a power law in x."""
-    return fit_slope(np.log(xs), [e.value for e in log_means], [e.stderr for e in log_means])
 
 
 def secant_exponent(xs, log_means) -> Estimate:
@@ -120,9 +115,11 @@ STAGNATION_SIZES = (((32, 64, 128), 6, 96, 1.0, 10.0), ((64, 128, 256, 512), 10,
 @pytest.mark.claim("stagnation-phase")
 def test_change_over_horizon_shrinks_with_width(profile, rng, device, verdict):
     """lr = c/(n log^1.5 n), horizon kappa/(n log^1.5(n) lr) = kappa/c steps.  Statistic: exponent of
-    E max_t|Δ log||J^t||| in n; prediction: the first-order rate lr * steps * L ∝ 1/(n log^1.5 n), local
-    exponent -(1 + 1.5/log n); model error :func:`log_factor_allowance` (unknown log factors, |b| <= 1).  Negative control: a feature-learning
-    lr = c'/n over its own horizon (∝ n steps) does not shrink, and the same comparison rejects."""
+    E max_t|Δ log||J^t||| in n between the smallest and largest width (:func:`secant_exponent`; a fitted line's
+    Birge-inflated error left the control a miss probability of 0.44 at calibration seed 203); prediction: the
+    first-order rate lr * steps * L ∝ 1/(n log^1.5 n), local exponent -(1 + 1.5/log n); model error
+    :func:`log_factor_allowance` (unknown log factors, |b| <= 1).  Negative control: a feature-learning lr = c'/n
+    over its own horizon (∝ n steps) does not shrink, and the same comparison rejects."""
     widths, L, batch, c, kappa = profile.pick(*STAGNATION_SIZES)
     steps = int(kappa / c)
     sizes = dict(widths=list(widths), L=L, B=batch, c=c, kappa=kappa, steps=steps)
@@ -130,12 +127,12 @@ def test_change_over_horizon_shrinks_with_width(profile, rng, device, verdict):
     rate = -(1 + 1.5 / math.log(nbar))
     stag = [log_mean_estimate(max_log_norm_change(n, L, c / (n * math.log(n) ** 1.5), steps, batch, rng, device)[0])
             for n in widths]
-    slope = exponent(widths, stag)
-    allowance = log_factor_allowance(widths)
+    slope = secant_exponent(widths, stag)
+    allowance = log_factor_allowance([widths[0], widths[-1]])
     verdict.check(compare("stagnation-phase", "exponent of max change in n", slope, rate, model_error=allowance,
                           sizes=sizes))
     fl = [log_mean_estimate(max_log_norm_change(n, L, 0.5 / n, n // 4, batch, rng, device)[0]) for n in widths]
-    slope_fl = exponent(widths, fl)
+    slope_fl = secant_exponent(widths, fl)
     verdict.reject(compare("stagnation-phase", "exponent with lr = 1/(2n), n/4 steps (negative control)", slope_fl,
                            rate, model_error=allowance, sizes=sizes))
 

@@ -48,7 +48,8 @@ def test_closest_calls_are_kept_per_check_over_seeds():
         return {"role": role, "statistic": statistic, "headroom": headroom, "miss_probability": miss}
 
     tests = [{"nodeid": "a::t", "records": [rec("check", "x", 1.5), rec("check", "y", 0.7),
-                                            rec("negative-control", "c", miss=1e-3), rec("measurement", "m", 0.1)]}]
+                                            rec("negative-control", "c", miss=1e-3), rec("measurement", "m", 0.1)]},
+             {"nodeid": "a::x", "records": [{**rec("check", "printed", -5.0), "expected_to_fail": True}]}]
     m = margins(tests)
     assert m == {"headroom": {"a::t": [0.7, "y"]}, "control_miss": {"a::t": [1e-3, "c"]}}
     later = {"headroom": {"a::t": [0.2, "x"]}, "control_miss": {"a::t": [1e-6, "c"]}}
