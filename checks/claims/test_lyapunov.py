@@ -245,6 +245,11 @@ ALIGN_BATCH = {"none": (96, 256), "gated": (256, 256)}  # quick, full
 ALIGN_GATES = ["none", "bernoulli", "relu"]
 
 
+def align_model(gates):
+    """The size-table key of a gate model: 'none' (p = 1, n = 8) or 'gated' (Bernoulli or ReLU, n = 48)."""
+    return "none" if gates == "none" else "gated"
+
+
 ALIGNMENT_CONTROLS = ("no alignment", "twice the rate")
 
 
@@ -278,7 +283,7 @@ def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng
     slope of E log sin θ + 2 x slope of E log(s_1/s_2) = 0) are rejected.
     The negative control uses the slope over the whole span (l0, l2), with half the windows' difference as
     model error.  (1 - |<u_1(J), u_1(A_l)>| ≈ sin²/2 decays at twice the rate.)"""
-    model = "none" if gates == "none" else "gated"
+    model = align_model(gates)
     n, p = ALIGN_WIDTH[model], 1.0 if gates == "none" else 0.5
     batch, sigma2 = profile.pick(*ALIGN_BATCH[model]), 2.0
     lengths = ALIGN_LENGTHS[model]
@@ -355,7 +360,7 @@ def work(profile) -> float:
                       for m in CONVERGENCE_DEPTHS)
     separation = sum(product_flops(profile.pick(*SEPARATION_BATCH), SEPARATION_DEPTHS[-1], n) for _, n in SEPARATION_CASES)
     align = sum(product_flops(profile.pick(*ALIGN_BATCH[m]), ALIGN_LENGTHS[m][-1] + ALIGN_TAIL, ALIGN_WIDTH[m])
-                for m in ("none", "gated", "gated"))
-    trained = sum(training_flops(b, L, TRAINED_ALIGNMENT_WIDTH, samples, steps) + 3 * product_flops(b, L, 64)
+                for m in map(align_model, ALIGN_GATES))
+    trained = sum(training_flops(b, L, TRAINED_ALIGNMENT_WIDTH, samples, steps) + 3 * product_flops(b, L, TRAINED_ALIGNMENT_WIDTH)
                   for L, _, b, steps, samples in profile.pick(*TRAINED_ALIGNMENT).values())
     return qr + convergence + separation + align + trained

@@ -181,17 +181,17 @@ def test_wrong_scale_drifts_at_log_c_over_t(s, slope_window, rng, device, verdic
     c = random_pruning_scale(s)
     g1 = lyapunov_exponents(n, 0.5, 2.0, 1)[0]
     sizes = dict(n=n, L1=l1, L2=l2, B=b, s=s, t=round(t, 5), c=round(c, 5))
-    rate_rate = PER_ASSERTION_RATE / 2  # the two independent bounds share the test's second slot
+    bound_rate = PER_ASSERTION_RATE / 2  # the two independent bounds share the test's second slot
     ens_c = Ensemble(n, l2, gates="relu", batch=b, pruning=Pruning("magnitude", s, c))
     wrong = depth_slope(ens_c, l1, l2, rng, device)
-    err_c, rate_c = pruned_slope_model_error(ens_c, g1 + math.log(c / t), l1, l2, rng, device, level_rate=rate_rate)
+    err_c, rate_c = pruned_slope_model_error(ens_c, g1 + math.log(c / t), l1, l2, rng, device, level_rate=bound_rate)
     verdict.check(compare("magnitude-pruning-scaling", "slope with scale c", wrong, g1 + math.log(c / t),
                           model_error=err_c, sizes=sizes))
     verdict.reject(compare("magnitude-pruning-scaling", "slope with c vs stable (negative control)", wrong, g1,
                            model_error=err_c, sizes=sizes))
     ens_t = ens_c.with_(pruning=Pruning("magnitude", s, t))
     right = depth_slope(ens_t, l1, l2, rng, device)
-    err_t, rate_t = pruned_slope_model_error(ens_t, g1, l1, l2, rng, device, level_rate=rate_rate)
+    err_t, rate_t = pruned_slope_model_error(ens_t, g1, l1, l2, rng, device, level_rate=bound_rate)
     verdict.note(image_norm_rate_independent={"c": [round(rate_c.value, 5), round(rate_c.stderr, 5)],
                                               "t_n": [round(rate_t.value, 5), round(rate_t.stderr, 5)]})
     verdict.check(compare("magnitude-pruning-scaling", "slope with scale t_n", right, g1, model_error=err_t,
