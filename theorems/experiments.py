@@ -6,7 +6,6 @@ checks only arrange, measure and compare.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Sequence
 
@@ -17,7 +16,7 @@ from scipy import stats
 from .ensembles import Ensemble, Factor, Pruning, correlated, haar_frame, prune_mask
 from .predictions import volume_gap
 from .spectral import (
-    iterate_products,
+    extend_product,
     log_norm_of_image,
     log_singular_values,
     log_spectral_norm,
@@ -104,11 +103,6 @@ def _coupled_correlated_factors(ens: Ensemble, etas: Sequence[float], gen, devic
         yield out
 
 
-def _pick(stream, i):
-    for layer in stream:
-        yield layer[i]
-
-
 def correlated_log_norms_at(ens: Ensemble, etas: Sequence[float], depths: Sequence[int], gen,
                             device="cpu") -> list[dict[int, np.ndarray]]:
     """log||J_L|| per network at each depth, for correlated weights ``W_ind + eta w`` at every eta of ``etas``
@@ -122,13 +116,13 @@ def correlated_log_norms_at(ens: Ensemble, etas: Sequence[float], depths: Sequen
     wanted = sorted(set(depths))
     parts = []
     for part in chunks(ens.with_(depth=max(wanted))):
-        streams = itertools.tee(_coupled_correlated_factors(part, list(etas), gen, device), len(etas))
-        products = [iterate_products(_pick(s, i), renorm_every=4) for i, s in enumerate(streams)]
+        products = [None] * len(etas)  # advanced in lockstep, one layer at a time: memory O(len(etas)), not O(depth)
         found = [dict() for _ in etas]
-        for step in zip(*products):
-            for i, prod in enumerate(step):
-                if prod.depth in wanted:
-                    found[i][prod.depth] = _np(log_spectral_norm(prod))
+        for layer in _coupled_correlated_factors(part, list(etas), gen, device):
+            for i, factor in enumerate(layer):
+                products[i] = extend_product(products[i], factor, renorm_every=4)
+                if products[i].depth in wanted:
+                    found[i][products[i].depth] = _np(log_spectral_norm(products[i]))
         parts.append(found)
     return [{d: np.concatenate([p[i][d] for p in parts]) for d in wanted} for i in range(len(etas))]
 

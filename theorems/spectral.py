@@ -23,6 +23,7 @@ from .validation import check_int
 __all__ = [
     "LogScaledProduct",
     "apply_factor",
+    "extend_product",
     "iterate_products",
     "jacobian_product",
     "products_at",
@@ -71,6 +72,26 @@ def apply_factor(factor: Factor, x: torch.Tensor) -> torch.Tensor:
     return torch.matmul(w, x)
 
 
+def extend_product(product: LogScaledProduct | None, factor: Factor, *, renorm_every: int = 1) -> LogScaledProduct:
+    """``F product``: the renormalised partial product one layer deeper (``product=None`` starts at depth 1).
+
+    Renormalises when the new depth is a multiple of ``renorm_every`` (see :func:`iterate_products`).  Never works in
+    place: ``product`` may still be in use.  The step of :func:`iterate_products`, for callers that advance several
+    products in lockstep over one stream of layers without buffering it."""
+    w, gate = factor
+    if product is None:
+        depth, matrix = 1, (w * gate.unsqueeze(-2) if gate is not None else w.clone())
+        log_scale = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    else:  # W (D M): the gate scales the rows of the running product
+        depth, log_scale = product.depth + 1, product.log_scale
+        matrix = torch.matmul(w, gate.unsqueeze(-1) * product.matrix if gate is not None else product.matrix)
+    if depth % renorm_every == 0:
+        matrix, log_scale = _renormalise(matrix, log_scale)
+        if renorm_every > 1 and not torch.isfinite(log_scale[~torch.isneginf(log_scale)]).all():
+            raise FloatingPointError(f"the product overflowed within {renorm_every} layers: use renorm_every=1")
+    return LogScaledProduct(matrix, log_scale, depth)
+
+
 def iterate_products(factors: Iterable[Factor], *, renorm_every: int = 1) -> Iterator[LogScaledProduct]:
     """Yield the renormalised partial products ``F_l ... F_1`` for l = 1, 2, ...
 
@@ -79,18 +100,10 @@ def iterate_products(factors: Iterable[Factor], *, renorm_every: int = 1) -> Ite
     it assumes each factor changes the norm by less than e^(700/k) (true for any Gaussian or pruned layer
     of sane variance) and raises if the product overflowed.
     """
-    matrix = log_scale = None
-    for depth, (w, gate) in enumerate(factors, start=1):
-        if matrix is None:
-            matrix = w * gate.unsqueeze(-2) if gate is not None else w.clone()
-            log_scale = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-        else:  # W (D M): the gate scales the rows of the running product (never in place: it may have been yielded)
-            matrix = torch.matmul(w, gate.unsqueeze(-1) * matrix if gate is not None else matrix)
-        if depth % renorm_every == 0:
-            matrix, log_scale = _renormalise(matrix, log_scale)
-            if renorm_every > 1 and not torch.isfinite(log_scale[~torch.isneginf(log_scale)]).all():
-                raise FloatingPointError(f"the product overflowed within {renorm_every} layers: use renorm_every=1")
-        yield LogScaledProduct(matrix, log_scale, depth)
+    product = None
+    for factor in factors:
+        product = extend_product(product, factor, renorm_every=renorm_every)
+        yield product
 
 
 def jacobian_product(factors: Iterable[Factor], *, renorm_every: int = 4) -> LogScaledProduct:
