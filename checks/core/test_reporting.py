@@ -105,7 +105,10 @@ def test_an_interrupted_run_says_so_and_confirms_nothing(tmp_path):
     slow = "checks/claims/test_lyapunov.py::test_alignment_persists_after_training[gated]"
     cmd = [sys.executable, "-m", "pytest", "-v", "-n", "0", "-p", "no:cacheprovider", "--device=cpu",  # CPU: slow enough
            f"--report-dir={tmp_path / 'reports'}", fast, slow]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell's background job (`cmd &`, e.g. a CI runner's) ignores SIGINT and its children inherit that, so Python
+    # would never raise KeyboardInterrupt: the child restores the default disposition before it starts.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stdout:  # wait until the fast check has reported and the slow one is training
         seen.append(line)
