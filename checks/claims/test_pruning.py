@@ -252,19 +252,21 @@ def test_transition_density_scales_like_one_over_n(edge_measurement, edge_sizes,
     """Statistic: exponent a in rho*(n) ∝ n^a (weighted fit, bootstrap errors); prediction -1; model error
     :func:`log_factor_allowance` (a hidden factor log(n)^b, |b| <= 1, moves the fitted exponent by at most
     that much at these widths and weights: about 0.2).
-    Negative controls: a = -1/2 and the printed log(n)^5/n (local exponent 5/log n - 1) are rejected."""
+    Negative controls, exact rival laws (each fixes its own log factor, so no allowance): n^-1/2, the neighbouring
+    exponent, and the printed log(n)^5/n read as the transition are rejected.  (With the |b| <= 1 allowance on the
+    rival too, n^-1/2 up to logs and n^-1 up to logs touch at -3/4 and no sample size separates them: the control
+    missed with probability 0.19 at calibration seed 213.)"""
     widths, logs, ses, slope, collapses = edge_measurement
     _, batch, l1, l2 = edge_sizes
     sizes = dict(widths=list(widths), B=batch, L1=l1, L2=l2, theta=THETA)
     verdict.note(rho_star_times_n=np.round(np.exp(logs) * np.array(widths), 3).tolist(),
                  collapse_fraction_by_degree=collapses)
-    allowance = log_factor_allowance(widths, stderrs=ses)
-    verdict.check(compare("edge-of-stability", "exponent of rho*(n)", slope, -1.0, model_error=allowance, sizes=sizes))
-    verdict.reject(compare("edge-of-stability", "exponent vs -1/2 (negative control)", slope, -0.5,
-                           model_error=allowance, sizes=sizes))
-    nbar = math.exp(np.mean(np.log(widths)))
+    per_log_power = log_factor_allowance(widths, stderrs=ses)  # slope of log log n on log n, same points and weights
+    verdict.check(compare("edge-of-stability", "exponent of rho*(n)", slope, -1.0, model_error=per_log_power,
+                          sizes=sizes))
+    verdict.reject(compare("edge-of-stability", "exponent vs -1/2 (negative control)", slope, -0.5, sizes=sizes))
     verdict.reject(compare("edge-of-stability", "exponent vs printed log^5(n)/n (negative control)", slope,
-                           5 / math.log(nbar) - 1, model_error=allowance, sizes=sizes))
+                           5 * per_log_power - 1, sizes=sizes))
 
 
 @pytest.mark.claim("edge-of-stability")
