@@ -36,6 +36,7 @@ __all__ = [
     "log_singular_values_at",
     "depth_slope",
     "slope_model_error",
+    "geometric_window_bias",
     "perturbed",
     "coupled_log_norm_gap",
     "per_layer_slopes",
@@ -150,6 +151,19 @@ def slope_model_error(width: int, l1: int, l2: int, k: int = 1) -> float:
     ``gamma_1`` by at most ``volume_gap(n, k) / (L2 - L1)``.
     """
     return volume_gap(width, k) / (l2 - l1)
+
+
+def geometric_window_bias(early_slope: float, late_slope: float, rate: float, span: int) -> float:
+    """Bound on the finite-depth bias of the later of two adjacent windows of equal ``span`` (claim
+    spectral-separation), from their slopes measured on networks independent of the checked ones.
+
+    If ``E X(L) = a L + c + A e^(-rate L)`` (the transient of a product of iid random matrices decays geometrically,
+    at the rate of the smallest Lyapunov gap it involves), each window's slope is ``a`` plus a bias, the later bias is
+    ``r = e^(-rate span)`` times the earlier one, and so ``|late bias| = |late - early| r / (1 - r)``."""
+    if not (rate > 0 and span > 0):
+        raise ValueError(f"rate and span must be > 0; got rate={rate}, span={span}")
+    r = math.exp(-rate * span)
+    return abs(late_slope - early_slope) * r / (1 - r)
 
 
 def image_norm_rate(ens: Ensemble, gen, device="cpu") -> Estimate:

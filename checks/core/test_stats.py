@@ -256,3 +256,15 @@ def test_run_budget_counts_slots_and_fails_over_budget():
         PER_ASSERTION_RATE + 1e-3 + 1e-6 + 3 * PER_ASSERTION_RATE + 2e-5)  # a "below" check: its power shortfall
     assert b["within_budget"]
     assert not run_budget([{"records": [], "statistical_slots": ASSERTION_SLOTS + 1}])["within_budget"]
+
+
+def test_geometric_window_bias_is_exact_for_a_geometric_transient():
+    """E X(L) = a L + c + A e^(-rate L): the later window's bias is recovered exactly from the two windows' slopes."""
+    from theorems.experiments import geometric_window_bias
+
+    a, c, amp, rate, (l0, l1, l2) = 0.017, 0.3, -1.4, 0.02, (20, 80, 140)
+    x = {ell: a * ell + c + amp * math.exp(-rate * ell) for ell in (l0, l1, l2)}
+    early, late = (x[l1] - x[l0]) / (l1 - l0), (x[l2] - x[l1]) / (l2 - l1)
+    assert geometric_window_bias(early, late, rate, l1 - l0) == pytest.approx(abs(late - a), rel=1e-12)
+    with pytest.raises(ValueError, match="rate"):
+        geometric_window_bias(early, late, 0.0, 60)
