@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import numpy as np
 from scipy import optimize, stats
@@ -36,6 +37,8 @@ __all__ = [
     "paired_slope",
     "extrapolate",
     "fit_slope",
+    "log_mean_estimate",
+    "secant_exponent",
     "fit_chi2_per_dof",
     "log_factor_allowance",
     "compare",
@@ -154,6 +157,29 @@ def extrapolate(xs, values, stderrs, power: float = 1.0) -> tuple[Estimate, Esti
         Estimate(float(popt[1]), float(math.sqrt(pcov[1, 1])), math.inf, x.size),
         pfit,
     )
+
+
+def log_mean_estimate(values) -> Estimate:
+    """log |E[X]| with a delta-method standard error (E[X] > 0 for the norm changes of claims training-stability and
+    stagnation-phase, < 0 for approx-trained-gates' gate shift).  A mean of exactly 0 has no logarithm: an error."""
+    m = mean_estimate(values)
+    if m.value == 0:
+        raise ValueError("log |E[X]| needs a non-zero mean; got E[X] = 0")
+    return Estimate(math.log(abs(m.value)), m.stderr / abs(m.value), m.dof, m.n)
+
+
+def secant_exponent(xs, log_means: Sequence[Estimate]) -> Estimate:
+    """The exponent between the smallest and the largest x, (log E[.](x_max) - log E[.](x_min)) / log(x_max/x_min),
+    with its standard error (the two estimates are independent networks): the growth across the range without
+    assuming a power law in between (for a curve that bends, a fitted line's error is inflated by its chi^2; the
+    secant's is not, and it answers the question asked: does the quantity grow across the range).  Claims
+    training-stability, stagnation-phase, approx-trained-gates.  ``xs`` increasing and positive."""
+    if len(xs) != len(log_means) or len(xs) < 2 or not (0 < xs[0] < xs[-1]):
+        raise ValueError(f"xs must be >= 2 increasing positive points, one per estimate; got xs={list(xs)} for "
+                         f"{len(log_means)} estimates")
+    lo, hi = log_means[0], log_means[-1]
+    span = math.log(xs[-1] / xs[0])
+    return Estimate((hi.value - lo.value) / span, math.hypot(hi.stderr, lo.stderr) / span, math.inf, 2)
 
 
 def fit_slope(xs, values, stderrs=None) -> Estimate:

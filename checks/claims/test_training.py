@@ -12,7 +12,7 @@ from theorems.ensembles import Ensemble, sample_weights
 from theorems.seeding import generator
 from theorems.profiles import training_flops
 from theorems.stats import (Estimate, binomial_pvalue, compare, compare_at_most, compare_below, log_factor_allowance,
-                            mean_estimate, significance_test)
+                            log_mean_estimate, mean_estimate, secant_exponent, significance_test)
 from theorems.training import (balance_defects, gates_after_training, regression_data,
                                train_masked_linear, train_mlp)
 
@@ -34,22 +34,6 @@ def max_log_norm_change(n, L, lr, steps, batch, rng, device, samples=1):
 def max_abs_norm_change(run) -> np.ndarray:
     """Per-network max_t | ||J^t|| - ||J^0|| | (the printed statistic of Thm 2)."""
     return np.abs(np.exp(run.log_norm) - np.exp(run.log_norm[0])).max(axis=0)
-
-
-def log_mean_estimate(values) -> Estimate:
-    """log |E[X]| with a delta-method standard error (E[X] > 0 for the norm changes, < 0 for a gate shift)."""
-    m = mean_estimate(values)
-    return Estimate(math.log(abs(m.value)), m.stderr / abs(m.value), m.dof, m.n)
-
-
-def secant_exponent(xs, log_means) -> Estimate:
-    """The exponent between the smallest and the largest x, (log E[.](x_max) - log E[.](x_min)) / log(x_max/x_min),
-    with its standard error (the two estimates are independent networks): the growth across the range without
-    assuming a power law in between (for a curve that bends, a fitted line's error is inflated by its chi^2; the
-    secant's is not, and it answers the question asked: does the quantity grow across the range)."""
-    lo, hi = log_means[0], log_means[-1]
-    span = math.log(xs[-1] / xs[0])
-    return Estimate((hi.value - lo.value) / span, math.hypot(hi.stderr, lo.stderr) / span, math.inf, 2)
 
 
 # --- training-stability (Thm 2) --------------------------------------------------------------------

@@ -268,3 +268,25 @@ def test_geometric_window_bias_is_exact_for_a_geometric_transient():
     assert geometric_window_bias(early, late, rate, l1 - l0) == pytest.approx(abs(late - a), rel=1e-12)
     with pytest.raises(ValueError, match="rate"):
         geometric_window_bias(early, late, 0.0, 60)
+
+
+def test_secant_exponent_of_a_power_law_and_its_error():
+    """x^-1/2 sampled at 4 and 64: the secant is -1/2 exactly; independent end points add their errors in quadrature."""
+    from theorems.stats import Estimate, secant_exponent
+
+    xs = [4, 8, 64]
+    ests = [Estimate(-0.5 * math.log(x), 0.03, math.inf, 10) for x in xs]
+    got = secant_exponent(xs, ests)
+    assert got.value == pytest.approx(-0.5, abs=1e-12)
+    assert got.stderr == pytest.approx(math.hypot(0.03, 0.03) / math.log(16), rel=1e-12)
+    with pytest.raises(ValueError, match="increasing"):
+        secant_exponent([64, 4], ests[:2])
+
+
+def test_log_mean_estimate_delta_method():
+    from theorems.stats import log_mean_estimate
+
+    got = log_mean_estimate(np.array([-2.0, -4.0]))  # mean -3, stderr 1
+    assert got.value == pytest.approx(math.log(3)) and got.stderr == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="non-zero mean"):
+        log_mean_estimate(np.array([1.0, -1.0]))
