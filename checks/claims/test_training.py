@@ -298,8 +298,10 @@ def test_gate_shift_from_training_vanishes_as_width_grows(profile, rng, device, 
     probability is recorded).  Measured: the shift is a function of lr t alone (about -0.002, -0.006, -0.024, -0.05
     at lr t = 0.01, 0.03, 0.1, 0.3 for n = 32, 64 and 128 alike), so with lr = c/n it falls like 1/n once c t/n is
     small; c t = 10 puts the quick widths on that slope (at the paper's c t = 40 they sit where it saturates:
-    -0.09, -0.08, -0.06).  Negative control: at a fixed lr (the middle width's) the same exponent is not
-    significantly negative: the statement needs lr -> 0, training moves the gates at any fixed lr."""
+    -0.09, -0.08, -0.06).  Negative control: at a fixed lr (the middle width's) the same exponent is not the
+    lr = c/n arm's law -1 (rejected; measured about 0 ± 0.3 at 99.996%): the vanishing comes from lr -> 0, not from
+    the width, and training moves the gates at any fixed lr.  Whether the fixed-lr exponent is "not below 0" is
+    recorded: its null is the point 0, so asserting it would fail at exactly its own level whatever the power."""
     widths, layer, batch, steps, c = profile.pick(*TRAINED_GATES)["asymptotic"]
     lr_fixed = c / widths[len(widths) // 2]
     arms = {}
@@ -315,8 +317,10 @@ def test_gate_shift_from_training_vanishes_as_width_grows(profile, rng, device, 
                                 scaled, 0.0, sizes=sizes))
     verdict.record(compare("approx-trained-gates", "exponent in n of the P(d=1) shift vs -1 (lr t scaling)", scaled,
                            -1.0, sizes=sizes))
-    verdict.reject(compare_below("approx-trained-gates", "exponent in n of the P(d=1) shift at a fixed lr (negative "
-                                 "control: does not vanish)", fixed, 0.0, sizes=sizes))
+    verdict.reject(compare("approx-trained-gates", "exponent in n of the P(d=1) shift at a fixed lr vs -1 (negative "
+                           "control: the lr = c/n law)", fixed, -1.0, sizes=sizes))
+    verdict.record(compare_below("approx-trained-gates", "exponent in n of the P(d=1) shift at a fixed lr (does not "
+                                 "vanish: not below 0)", fixed, 0.0, sizes=sizes))
 
 
 @pytest.mark.claim("approx-trained-gates", statement="finite-n-remarks")
