@@ -125,7 +125,7 @@ def run_mutation(m: Mutation) -> dict:
         env = dict(os.environ, PYTHONPATH=str(root))  # the mutated copy, not the installed package
         t0 = time.time()
         res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-n", "2", "-p", "no:cacheprovider",
-                              f"--report-dir={root / 'reports'}", *m.selection], cwd=root, env=env,
+                              f"--theorems-report-dir={root / 'reports'}", *m.selection], cwd=root, env=env,
                              capture_output=True, text=True)
         failed = [line.split(" ")[1] for line in res.stdout.splitlines() if line.startswith("FAILED ")]
         return {**asdict(m), "killed": res.returncode != 0, "exit_status": res.returncode,

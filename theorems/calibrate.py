@@ -88,8 +88,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--start must be >= 0; got {args.start}")
     if args.workers is not None and args.workers < 1:
         p.error(f"--workers must be >= 1; got {args.workers}")
-    if any(a == "--seed" or a.startswith("--seed=") or a.startswith("--report-dir") for a in pytest_args):
-        p.error("PYTEST_ARGS must not set --seed or --report-dir: the command sets both for every run")
+    if any(a.split("=")[0] in ("--seed", "--theorems-seed", "--report-dir", "--theorems-report-dir") for a in pytest_args):
+        p.error("PYTEST_ARGS must not set --theorems-seed or --theorems-report-dir (or their short aliases): the "
+                "command sets both for every run")
     return args
 
 
@@ -111,8 +112,8 @@ def xdist_workers(pytest_args: list[str]) -> int:
 
 
 def _pytest_command(seed: int, report_dir: str, pytest_args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--seed={seed}",
-            f"--report-dir={report_dir}", *pytest_args]
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--theorems-seed={seed}",
+            f"--theorems-report-dir={report_dir}", *pytest_args]
 
 
 def fingerprint(doc: dict) -> str:

@@ -24,7 +24,7 @@ import pytest
 from scipy import stats as _stats
 
 from . import __version__
-from .claims import CLAIMS, MAIN, PINNED_VERSIONS
+from .claims import MAIN, PINNED_VERSIONS, claim_from_dict, registered_claims
 from .seeding import canonical_nodeid
 from .budget import ASSERTION_SLOTS, PER_ASSERTION_RATE, budget_summary
 from .stats import FALSE_FAIL_RATE, Comparison, assert_consistent, assert_rejects
@@ -32,35 +32,40 @@ from .stats import FALSE_FAIL_RATE, Comparison, assert_consistent, assert_reject
 __all__ = ["SCHEMA_VERSION", "Verdict", "ReportPlugin", "compare_with_baseline"]
 
 SCHEMA_VERSION = "1.2"
-VERDICTS = ("confirmed", "refuted_as_printed", "partial", "inconclusive")
 
 
 def validate_options(config):
     """Every path-valued option is checked when the run starts (before any network is sampled): a usage error that
     names the option and the problem, never a traceback at the end of the run."""
-    opt = config.getoption
-    base = opt("--compare-baseline")
+    from importlib.util import find_spec
+
+    from .plugin import option
+
+    base = option(config, "compare-baseline")
     if base:
         path = Path(base)
         if not path.is_file():
-            raise pytest.UsageError(f"--compare-baseline={base}: no such file")
+            raise pytest.UsageError(f"--theorems-compare-baseline={base}: no such file")
         try:
             doc = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise pytest.UsageError(f"--compare-baseline={base}: not a baseline (unreadable JSON: {exc})") from None
+            raise pytest.UsageError(f"--theorems-compare-baseline={base}: not a baseline (unreadable JSON: {exc})") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("statistics"), dict):
-            raise pytest.UsageError(f"--compare-baseline={base}: not a baseline (no 'statistics' object; write one with "
-                                    "--write-baseline)")
-    for name in ("--report-dir", "--write-baseline"):
-        value = opt(name)
+            raise pytest.UsageError(f"--theorems-compare-baseline={base}: not a baseline (no 'statistics' object; write "
+                                    "one with --theorems-write-baseline)")
+    for name in ("report-dir", "write-baseline"):
+        value = option(config, name)
         if not value:
             continue
-        target = Path(value) if name == "--report-dir" else Path(value).parent
+        target = Path(value) if name == "report-dir" else Path(value).parent
         problem = _unwritable(target)
         if problem:
-            raise pytest.UsageError(f"{name}={value}: {problem}")
-        if name == "--write-baseline" and Path(value).is_dir():
-            raise pytest.UsageError(f"{name}={value}: is a directory, not a file")
+            raise pytest.UsageError(f"--theorems-{name}={value}: {problem}")
+        if name == "write-baseline" and Path(value).is_dir():
+            raise pytest.UsageError(f"--theorems-{name}={value}: is a directory, not a file")
+    if option(config, "figures") and find_spec("matplotlib") is None:
+        raise pytest.UsageError("--theorems-figures needs matplotlib, which is not installed: pip install "
+                                "'theorems[figures]'")
 
 
 def _unwritable(directory: Path) -> str | None:
@@ -87,7 +92,11 @@ class Verdict:
 
     ``check`` asserts a comparison is consistent, ``reject`` asserts a negative control is
     rejected, ``record`` stores a measured quantity without asserting; all three write the
-    comparison into the test report.
+    comparison into the test report, with the test's claim ids and seed.  State the sizes once with
+    ``verdict.sizes.update(n=..., L=...)``: every comparison that gives no ``sizes=`` of its own carries them.
+
+    Each record is a JSON text in ``item.user_properties`` under the name ``theorems``, so ``--junitxml`` carries
+    it as a ``<property>`` (with and without xdist) for CI dashboards.
     """
 
     def __init__(self, item, seed: int, sizes: dict | None = None):
@@ -96,6 +105,8 @@ class Verdict:
         self.sizes = dict(sizes or {})
 
     def _store(self, cmp: Comparison, role: str):
+        if not cmp.claim:
+            cmp.claim = ", ".join(m.args[0] for m in self._item.iter_markers("claim"))
         if cmp.seed is None:
             cmp.seed = self.seed
         if not cmp.sizes:
@@ -105,7 +116,7 @@ class Verdict:
             # a printed statement expected to be refuted: its spurious failure is a miss (an xpass), like a control's
             record["miss_probability"] = cmp.miss_probability
             record["expected_to_fail"] = True
-        self._item.user_properties.append(("theorems", record))
+        self._item.user_properties.append(("theorems", json.dumps(_jsonable(record))))
 
     def check(self, cmp: Comparison) -> Comparison:
         __tracebackhide__ = True
@@ -123,7 +134,7 @@ class Verdict:
 
     def note(self, **values):
         """Attach extra named figures (numbers, short strings) to the report."""
-        self._item.user_properties.append(("theorems_note", values))
+        self._item.user_properties.append(("theorems_note", json.dumps(_jsonable(values))))
 
 
 def _outcome(report) -> str:
@@ -142,11 +153,6 @@ def _jsonable(x):
     return x
 
 
-def _float(x):
-    """Numbers as stored in verdicts.json (non-finite ones as the strings 'inf', '-inf')."""
-    return float(x)
-
-
 def claim_verdict(tests: list[dict], registered: int | None = None) -> str:
     """confirmed: every check passed (an ``erratum`` check, a strict xfail showing a sentence that the paper's own
     derivation contradicts, leaves the verdict confirmed and is recorded with the claim's errata);
@@ -162,9 +168,10 @@ def claim_verdict(tests: list[dict], registered: int | None = None) -> str:
     return "confirmed"
 
 
-def claim_table(tests: list[dict], registered: dict | None = None) -> dict:
+def claim_table(tests: list[dict], registered: dict | None = None, claims: dict | None = None) -> dict:
     """``registered``: node id -> [[claim, statement], ...] of every check of the suite (:func:`registered_checks`);
-    None when every registered check reported in this run.
+    None when every registered check reported in this run.  ``claims``: id -> :class:`~theorems.claims.Claim`, the
+    claims to report (default: those registered in this process).
     Per claim: the verdict of its own (``main``) statement, its errata (with the checks that show them), and per statement
     (the claim's own, ``main``, and its named ones) the source, the printed sentence, the reading and a verdict."""
     by_claim, by_statement = defaultdict(list), defaultdict(list)
@@ -191,7 +198,7 @@ def claim_table(tests: list[dict], registered: dict | None = None) -> dict:
         return len(expected[cid, name] | {t["nodeid"] for t in ran})
 
     table = {}
-    for cid, c in CLAIMS.items():
+    for cid, c in (registered_claims() if claims is None else claims).items():
         statements = {MAIN: (c.source, c.printed, c.reading), **{k: (s.source, s.printed, s.reading)
                                                                   for k, s in c.statements.items()}}
         table[cid] = {  # the claim's verdict is its own statement's; named statements carry their own
@@ -227,8 +234,8 @@ def compare_with_baseline(current: list[dict], baseline: dict) -> list[str]:
             if key not in entries:
                 continue
             b = entries[key]
-            a_est, b_est = _float(r["estimate"]), _float(b["estimate"])
-            a_se, b_se = _float(r["stderr"]), _float(b["stderr"])
+            a_est, b_est = float(r["estimate"]), float(b["estimate"])  # non-finite ones are stored as 'inf', '-inf'
+            a_se, b_se = float(r["stderr"]), float(b["stderr"])
             if not (math.isfinite(a_est) and math.isfinite(b_est)):
                 if a_est != b_est:
                     problems.append(f"{key}: {b_est} -> {a_est}")
@@ -248,6 +255,7 @@ class ReportPlugin:
         self.tests: dict[str, dict] = {}
         self.started = time.time()
         self.baseline_problems: list[str] = []
+        self.claim_texts: dict[str, dict] = {}  # the texts of the claims checks named, as the workers registered them
 
     def pytest_runtest_logreport(self, report):
         nodeid = canonical_nodeid(report.nodeid)
@@ -264,14 +272,17 @@ class ReportPlugin:
                 entry["erratum"] = bool(value)
             elif key == "statements":
                 entry["statements"] = [list(v) for v in value]
+            elif key == "claim_texts":
+                for cid, text in value.items():
+                    self.claim_texts.setdefault(cid, text)
             elif key == "seed":
                 entry["seed"] = value
             elif key == "statistical_slots":
                 entry["statistical_slots"] = value
             elif key == "theorems" and report.when == "call":
-                entry["records"].append(value)
+                entry["records"].append(json.loads(value))
             elif key == "theorems_note" and report.when == "call":
-                entry["notes"].update(value)
+                entry["notes"].update(json.loads(value))
         if report.when == "call" and self.config.option.verbose > 0 and not hasattr(self.config, "workerinput"):
             self._progress(report)
         outcome = _outcome(report)
@@ -291,7 +302,7 @@ class ReportPlugin:
     def _progress(self, report):
         """With -v: one line per check under pytest's own line, with its key figure and sizes."""
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
-        records = [v for k, v in report.user_properties if k == "theorems" and v.get("role") == "check"]
+        records = [r for r in (json.loads(v) for k, v in report.user_properties if k == "theorems") if r.get("role") == "check"]
         if tr is None or not records:
             return
         r = records[0]
@@ -308,8 +319,12 @@ class ReportPlugin:
         self.budget = run_budget(tests)
         if not self.budget["within_budget"]:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        opt = self.config.getoption
-        base = opt("--compare-baseline")
+        from .plugin import option
+
+        def opt(name):
+            return option(self.config, name)
+
+        base = opt("compare-baseline")
         if base:
             self.baseline_problems = compare_with_baseline(tests, json.loads(Path(base).read_text()))
             if self.baseline_problems:
@@ -319,11 +334,13 @@ class ReportPlugin:
         registered = None
         if interrupted or selection["filtered"]:  # which checks did not report: ask a full collection
             registered = registered_checks(self.config)
-        claims = claim_table(tests, registered)
+        here = registered_claims()  # then any claim a worker registered that this process did not
+        claims = claim_table(tests, registered, {**here, **{cid: claim_from_dict(text) for cid, text
+                                                            in self.claim_texts.items() if cid not in here}})
         run = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         meta = {
             "schema_version": SCHEMA_VERSION, "suite_version": __version__, "run": run,
-            "profile": opt("--profile"), "device": self.config._theorems_device, "master_seed": opt("--seed"),
+            "profile": opt("profile"), "device": self.config._theorems_device, "master_seed": opt("seed"),
             "false_fail_rate": FALSE_FAIL_RATE, "budget": self.budget, "duration_s": round(time.time() - self.started, 2),
             "python": platform.python_version(), "torch": _torch_version(), "pinned_versions": PINNED_VERSIONS,
             "workers": os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"),
@@ -332,7 +349,7 @@ class ReportPlugin:
             "baseline": {"file": base, "problems": self.baseline_problems} if base else None,
         }
         doc = _jsonable({**meta, "claims": claims, "tests": tests})
-        root = Path(opt("--report-dir"))
+        root = Path(opt("report-dir"))
         out = root / run
         n = 1
         while out.exists():
@@ -342,15 +359,17 @@ class ReportPlugin:
         write_atomically(out / "verdicts.json", json.dumps(doc, indent=1, sort_keys=False))
         write_atomically(out / "summary.md", render_summary(doc))
         _point_latest(root, out.name)
-        wb = opt("--write-baseline")
+        wb = opt("write-baseline")
         if wb:
             write_atomically(Path(wb), json.dumps(make_baseline(doc), indent=1))
         self.report_dir = out
-        if opt("--figures"):
-            from .figures import write_figures
+        if opt("figures"):
+            if not self.config.hook.pytest_theorems_figures.get_hookimpls():
+                import warnings
 
-            write_figures(out / "figures", profile=opt("--profile"), seed=opt("--seed"),
-                          device=self.config._theorems_device)
+                warnings.warn("--theorems-figures: no conftest.py implements pytest_theorems_figures(config, directory): "
+                              "no figures written", stacklevel=1)
+            self.config.hook.pytest_theorems_figures(config=self.config, directory=out / "figures")
 
     def pytest_terminal_summary(self, terminalreporter):
         if hasattr(self.config, "workerinput") or not getattr(self, "report_dir", None):
@@ -413,6 +432,8 @@ def registered_checks(config) -> dict:
     import sys
     import tempfile
 
+    from .plugin import CLAIMS_MAP_ENV, option
+
     cache = Path(tempfile.gettempdir()) / f"theorems-claims-map-{_collection_key(config)}.json"
     if cache.exists():
         try:
@@ -422,9 +443,10 @@ def registered_checks(config) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "claims.json"
         cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0",
-               f"--profile={config.getoption('--profile')}", f"--claims-map={out}",
+               f"--theorems-profile={option(config, 'profile')}",
                *[str(p) for p in (config.getini("testpaths") or [])]]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+        env[CLAIMS_MAP_ENV] = str(out)
         subprocess.run(cmd, cwd=config.rootpath, capture_output=True, text=True, env=env, timeout=300)
         if not out.exists():
             import warnings
@@ -448,7 +470,9 @@ def _collection_key(config) -> str:
     files = [root / "conftest.py", root / "pyproject.toml"]
     for top in [*(config.getini("testpaths") or []), Path(__file__).parent]:
         files += sorted((root / top).rglob("*.py"))
-    h = hashlib.sha256(f"{root}|{config.getoption('--profile')}".encode())
+    from .plugin import option
+
+    h = hashlib.sha256(f"{root}|{option(config, 'profile')}".encode())
     for f in files:
         if f.is_file():
             h.update(str(f).encode() + b"\0" + f.read_bytes() + b"\0")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 
-import torch
-
 __all__ = ["derive_seed", "generator", "canonical_nodeid"]
 
 
@@ -27,8 +25,10 @@ def derive_seed(master: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def generator(seed: int, device="cpu") -> torch.Generator:
+def generator(seed: int, device="cpu") -> "torch.Generator":  # noqa: F821  (torch is imported on first use)
     """A fresh ``torch.Generator`` on ``device`` seeded with ``seed``."""
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g

@@ -241,7 +241,6 @@ def log_factor_allowance(xs, power: float = 1.0, stderrs=None) -> float:
 class Comparison:
     """An estimate compared with a prediction: the unit every check records and asserts."""
 
-    claim: str
     statistic: str
     prediction: float
     estimate: float
@@ -255,6 +254,8 @@ class Comparison:
     note: str = ""
     family: int = 1
     kind: str = "two-sided"  # "two-sided", "upper" (estimate <= prediction), "below" (estimate < prediction) or "pvalue"
+    #: The claim ids of the check that recorded it (set by the ``verdict`` fixture from the test's ``claim`` markers).
+    claim: str = ""
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -349,16 +350,20 @@ class Comparison:
         approximation).  Such a check fails spuriously through lack of power, not at its level; the report sums this."""
         return 1.0 - self.miss_probability
 
+    @property
+    def _tag(self) -> str:
+        return f"[{self.claim}] " if self.claim else ""
+
     def message(self, expectation: str = "consistent") -> str:
         if self.kind == "pvalue":
             sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
-            return (f"[{self.claim}] {self.statistic}: expected {expectation} (null not rejected at level "
+            return (f"{self._tag}{self.statistic}: expected {expectation} (null not rejected at level "
                     f"{self.prediction:g}); observed p = {self.estimate:.4g}; n={self.n}; sizes: {sizes}; seed={self.seed}")
         lo, hi = self.interval
         sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
         return (
-            f"[{self.claim}] {self.statistic}: expected {expectation} with prediction {self.prediction:.6g}; "
-            f"observed {self.estimate:.6g}, {100 * self.level:.2f}% CI [{lo:.6g}, {hi:.6g}], "
+            f"{self._tag}{self.statistic}: expected {expectation} with prediction {self.prediction:.6g}; "
+            f"observed {self.estimate:.6g}, {100 * self.level:.6g}% CI [{lo:.6g}, {hi:.6g}], "
             f"model error ±{self.model_error:.3g} (detects |error| > {self.min_discrepancy:.3g}); "
             f"n={self.n}; sizes: {sizes}; seed={self.seed}" + (f"; {self.note}" if self.note else "")
         )
@@ -393,9 +398,11 @@ def _plain(v):
     return v
 
 
-def compare(claim: str, statistic: str, estimate: Estimate, prediction: float, *, model_error: float = 0.0,
-            sizes: dict | None = None, seed: int | None = None, note: str = "", family: int = 1) -> Comparison:
-    """Build a :class:`Comparison` from an :class:`Estimate`.
+def compare(statistic: str, estimate: Estimate, prediction: float, *, model_error: float = 0.0,
+            sizes: dict | None = None, seed: int | None = None, note: str = "", family: int = 1,
+            kind: str = "two-sided") -> Comparison:
+    """Build a :class:`Comparison` from an :class:`Estimate`: ``statistic`` names what was measured, in the claim's
+    units; the ``verdict`` fixture adds the claim (from the test's marker), the seed and, unless given, its sizes.
 
     ``family``: the number of comparisons a check makes of one kind (e.g. k exponents); each then
     uses level ``1 - FALSE_FAIL_RATE / family`` (Bonferroni), so the check as a whole keeps the budget.
@@ -404,9 +411,11 @@ def compare(claim: str, statistic: str, estimate: Estimate, prediction: float, *
         raise ValueError(f"model_error must be finite and >= 0; got {model_error}")
     if family < 1:
         raise ValueError(f"family must be an integer >= 1; got {family}")
-    return Comparison(claim, statistic, float(prediction), estimate.value, estimate.stderr, estimate.dof,
+    if kind not in ("two-sided", "upper", "below"):
+        raise ValueError(f"kind must be 'two-sided', 'upper' or 'below'; got {kind!r}")
+    return Comparison(statistic, float(prediction), estimate.value, estimate.stderr, estimate.dof,
                       estimate.n, float(model_error), level=1 - FALSE_FAIL_RATE / family, sizes=dict(sizes or {}),
-                      seed=seed, note=note, family=int(family))
+                      seed=seed, note=note, family=int(family), kind=kind)
 
 
 def assert_consistent(cmp: Comparison) -> Comparison:
@@ -425,36 +434,32 @@ def assert_rejects(cmp: Comparison) -> Comparison:
     return cmp
 
 
-def significance_test(claim: str, statistic: str, pvalue: float, *, n: int, sizes: dict | None = None,
+def significance_test(statistic: str, pvalue: float, *, n: int, sizes: dict | None = None,
                       seed: int | None = None, note: str = "") -> Comparison:
     """A classical test as a Comparison: ``estimate`` is the p-value and ``prediction`` the level
     FALSE_FAIL_RATE.  ``consistent`` means the null hypothesis is not rejected (p >= level); p-values
     carry an infinite stderr so the baseline comparison never flags them."""
-    return Comparison(claim, statistic, FALSE_FAIL_RATE, float(pvalue), math.inf, math.inf, int(n),
+    return Comparison(statistic, FALSE_FAIL_RATE, float(pvalue), math.inf, math.inf, int(n),
                       sizes=dict(sizes or {}), seed=seed, note=note or "p-value of a test of the null", kind="pvalue")
 
 
-def compare_at_most(claim: str, statistic: str, estimate: Estimate, bound: float, *, model_error: float = 0.0,
+def compare_at_most(statistic: str, estimate: Estimate, bound: float, *, model_error: float = 0.0,
                     sizes: dict | None = None, seed: int | None = None, note: str = "", family: int = 1) -> Comparison:
     """One-sided comparison: consistent iff the estimate is not significantly above ``bound`` (the lower end of
     its interval, less the model error, is at most the bound).  ``verdict.reject`` of it asserts the
     estimate is significantly above the bound."""
-    cmp = compare(claim, statistic, estimate, bound, model_error=model_error, sizes=sizes, seed=seed,
-                  note=note or "one-sided: estimate <= prediction", family=family)
-    cmp.kind = "upper"
-    return cmp
+    return compare(statistic, estimate, bound, model_error=model_error, sizes=sizes, seed=seed,
+                   note=note or "one-sided: estimate <= prediction", family=family, kind="upper")
 
 
-def compare_below(claim: str, statistic: str, estimate: Estimate, bound: float, *, model_error: float = 0.0,
+def compare_below(statistic: str, estimate: Estimate, bound: float, *, model_error: float = 0.0,
                   sizes: dict | None = None, seed: int | None = None, note: str = "", family: int = 1) -> Comparison:
     """One-sided comparison for an effect that must be *there*: consistent iff the estimate is significantly below
     ``bound`` (the upper end of its interval, plus the model error, is below it), e.g. "the exponent in n is
     negative: the quantity vanishes".  Checked, its spurious failure is a lack of power (recorded as its
     ``miss_probability``); rejected (a control), it asserts the estimate is not significantly below."""
-    cmp = compare(claim, statistic, estimate, bound, model_error=model_error, sizes=sizes, seed=seed,
-                  note=note or "one-sided: estimate significantly below prediction", family=family)
-    cmp.kind = "below"
-    return cmp
+    return compare(statistic, estimate, bound, model_error=model_error, sizes=sizes, seed=seed,
+                   note=note or "one-sided: estimate significantly below prediction", family=family, kind="below")
 
 
 def binomial_pvalue(successes: int, trials: int, p: float) -> float:

@@ -6,6 +6,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from theorems.plugin import option
 from theorems.ensembles import Ensemble
 from theorems.experiments import bootstrap_crossing, correlated_log_norms_at, log_norms_at, per_layer_slopes
 from theorems.predictions import correlation_from_eta
@@ -65,8 +66,8 @@ def sweep(gates, request, device) -> Sweep:
     that model (``gates`` is parametrized at module scope; an xdist group per model keeps its checks on one
     worker, and the two models' sweeps run on different workers).  Its seed is derived from the master seed,
     this module and the gate model, not from the check that asks first."""
-    all_widths, batches, l1, l2 = Profile(request.config.getoption("--profile")).pick(*SIZES)
-    seed = derive_seed(request.config.getoption("--seed"), f"checks/claims/test_correlation.py::{gates}")
+    all_widths, batches, l1, l2 = Profile(option(request.config, "profile")).pick(*SIZES)
+    seed = derive_seed(option(request.config, "seed"), f"checks/claims/test_correlation.py::{gates}")
     rng = generator(seed, device)
     widths, batch = sweep_widths(gates, all_widths), batches[gates]
     return Sweep(widths, batch, l1, l2, [threshold(gates, n, batch, l1, l2, rng, device, seed) for n in widths])
@@ -107,13 +108,13 @@ def test_threshold_scales_like_one_over_n(gates, sweep, profile, verdict):
                  fit_chi2_per_dof=round(fit_chi2_per_dof(np.log(widths), logs, ses), 2),
                  effective_log_power=round((slope.value + 1) / per_log_power, 2),
                  theorem_bound_corr_times_n=[round(1 / math.log(n) ** 3, 4) for n in widths])
-    verdict.check(compare("correlated-weights", "exponent of corr*(n)", slope, -1.0,
+    verdict.check(compare("exponent of corr*(n)", slope, -1.0,
                           model_error=LOG_POWER * per_log_power, sizes=sizes))
     controls = {"zero": ("exponent vs 0, a width-independent threshold (negative control)", 0.0),
                 "printed-bound": ("exponent vs the printed bound 1/(n log^3 n) as the threshold (negative control)",
                                   -1 - 3 * per_log_power)}
     for name, (statistic, wrong) in controls.items():
-        cmp = compare("correlated-weights", statistic, slope, wrong, sizes=sizes)
+        cmp = compare(statistic, slope, wrong, sizes=sizes)
         if profile.full or (gates, name) in POWERED_IN_QUICK:
             verdict.reject(cmp)
         else:  # too little power at CPU widths (estimated miss probability in the record): measured, not asserted
@@ -145,9 +146,9 @@ def test_weak_correlation_keeps_iid_rate(gates, sweep, verdict):
     def diff(a):
         return type(a)(a.value - ref.value, math.hypot(a.stderr, ref.stderr), min(a.dof, ref.dof), a.n)
 
-    verdict.check(compare("correlated-weights", "slope(corr=1/(16n)) - slope(iid)", diff(mean_estimate(samples[0])), 0.0,
+    verdict.check(compare("slope(corr=1/(16n)) - slope(iid)", diff(mean_estimate(samples[0])), 0.0,
                           sizes=sizes))
-    verdict.reject(compare("correlated-weights", "slope(corr=16/n) - slope(iid) (negative control)",
+    verdict.reject(compare("slope(corr=16/n) - slope(iid) (negative control)",
                            diff(mean_estimate(samples[-1])), 0.0, sizes=sizes))
 
 
@@ -180,10 +181,10 @@ def test_paper_fig5_small_eta_matches_iid_log_norm(profile, rng, device, verdict
     for c in FIG5_ETA_SQRT_N:
         corr = log_norms(c / math.sqrt(n))
         for L in depths:
-            verdict.check(compare("correlated-weights", f"E log||J_{L}||(eta = {c:g}/sqrt(n)) - iid", difference(corr, L),
+            verdict.check(compare(f"E log||J_{L}||(eta = {c:g}/sqrt(n)) - iid", difference(corr, L),
                                   0.0, sizes=sizes, family=family, note=f"eta = {c / math.sqrt(n):.4g}"))
     far = log_norms(4 / math.sqrt(n))
-    verdict.reject(compare("correlated-weights", f"E log||J_{depths[-1]}||(eta = 4/sqrt(n)) - iid (negative control)",
+    verdict.reject(compare(f"E log||J_{depths[-1]}||(eta = 4/sqrt(n)) - iid (negative control)",
                            difference(far, depths[-1]), 0.0, sizes=sizes))
 
 

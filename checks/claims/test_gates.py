@@ -99,9 +99,9 @@ def test_gate_dependence_on_weights_vanishes_as_width_grows(profile, rng, device
     allowance = log_factor_allowance(widths, stderrs=[e.stderr for e in logs])
     sizes = dict(widths=list(widths), layer=layer, N=batch)
     verdict.note(per_gate_shift_per_sd=[round(2 * n * math.exp(e.value), 4) for n, e in zip(widths, logs)])
-    verdict.check(compare("approx-gates", "exponent of cov(T_W(l), T_D(l)) in n", slope, -1.5, model_error=allowance,
+    verdict.check(compare("exponent of cov(T_W(l), T_D(l)) in n", slope, -1.5, model_error=allowance,
                           sizes=sizes))
-    verdict.reject(compare("approx-gates", "exponent vs -1, a non-vanishing per-gate dependence (negative control)",
+    verdict.reject(compare("exponent vs -1, a non-vanishing per-gate dependence (negative control)",
                            slope, -1.0, model_error=allowance, sizes=sizes))
 
 
@@ -114,10 +114,10 @@ def _tests(pvals, sizes, label):
     p_binom, p_chi, _, (r, p_next) = pvals
     n, layer, N = sizes
     sz = dict(n=n, layer=layer, N=N)
-    return [significance_test("approx-gates", f"binomial P(d=1)=1/2 {label}", p_binom, n=N * n, sizes=sz),
-            significance_test("approx-gates", f"KS uniformity of {PAIRS} chi-square p-values {label}", p_chi, n=PAIRS,
+    return [significance_test(f"binomial P(d=1)=1/2 {label}", p_binom, n=N * n, sizes=sz),
+            significance_test(f"KS uniformity of {PAIRS} chi-square p-values {label}", p_chi, n=PAIRS,
                               sizes=sz),
-            significance_test("approx-gates", f"corr(T_W(l+1), T_D(l)) = 0 {label}", p_next, n=N, sizes=sz,
+            significance_test(f"corr(T_W(l+1), T_D(l)) = 0 {label}", p_next, n=N, sizes=sz,
                               note=f"r = {r:.3f}")]
 
 
@@ -132,7 +132,7 @@ def test_relu_gates_are_iid_fair_coins_independent_of_weights(sizes, rng, device
     for t in _tests(pvals, sizes, "(iid weights)"):
         verdict.check(t)
     r, p_same = pvals[2]
-    verdict.reject(significance_test("approx-gates", "corr(T_W(l), T_D(l)) = 0 (negative control)", p_same, n=N,
+    verdict.reject(significance_test("corr(T_W(l), T_D(l)) = 0 (negative control)", p_same, n=N,
                                      sizes=dict(n=n, layer=layer, N=N), note=f"r = {r:.3f}"))
 
 
@@ -157,7 +157,7 @@ def test_printed_gates_independent_of_weights(sizes, rng, device, seed, verdict)
     n, layer, N = sizes
     pvals = gate_statistics(layer_sample(n, layer, N, 0.0, rng, device), np.random.default_rng(seed))
     r, p_same = pvals[2]
-    verdict.check(significance_test("approx-gates", "corr(T_W(l), T_D(l)) = 0 as printed", p_same, n=N,
+    verdict.check(significance_test("corr(T_W(l), T_D(l)) = 0 as printed", p_same, n=N,
                                     sizes=dict(n=n, layer=layer, N=N), note=f"r = {r:.3f}"))
 
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from theorems.plugin import option
 from theorems.ensembles import Ensemble
 from theorems.experiments import depth_slope, log_norms_at, slope_model_error
 from theorems.predictions import (
@@ -40,7 +41,7 @@ def test_per_layer_rate_is_gamma1(gates, sigma2, depth_window, rng, device, verd
     est = depth_slope(Ensemble(n, l2, sigma2=sigma2, gates=gates, batch=b), l1, l2, rng, device)
     sizes = dict(n=n, L1=l1, L2=l2, B=b, gates=gates, sigma2=sigma2)
     err = slope_model_error(n, l1, l2)
-    verdict.check(compare("critical-init", "per-layer slope of E log||J||", est,
+    verdict.check(compare("per-layer slope of E log||J||", est,
                           lyapunov_exponents(n, 0.5, sigma2, 1)[0], model_error=err, sizes=sizes))
 
 
@@ -77,11 +78,11 @@ def test_norm_squared_grows_linearly_in_depth_at_criticality(rng, device, verdic
     err = max(abs(v) for v in drift.interval()) / (math.sqrt(2) - 1)
     edge = fit_slope(np.log(depths), np.log([masked_product_edge(L, 0.5, 2.0) for L in depths])).value
     sizes = dict(n=n, half_width=half, depths=list(depths), B=batch, sigma2=2.0, gates="relu")
-    verdict.check(compare("critical-init", "exponent of E||J||² in L at σ²=2", est, edge, model_error=err,
+    verdict.check(compare("exponent of E||J||² in L at σ²=2", est, edge, model_error=err,
                           sizes=sizes, note=f"drift from n={half}: {drift.value:.3f} ± {drift.stderr:.3f}"))
-    verdict.reject(compare("critical-init", "exponent vs printed Θ(L) for ||J|| (2 for ||J||²; negative control)", est,
+    verdict.reject(compare("exponent vs printed Θ(L) for ||J|| (2 for ||J||²; negative control)", est,
                            2.0, model_error=err, sizes=sizes))
-    verdict.reject(compare("critical-init", "exponent vs no depth prefactor (0; negative control)", est, 0.0,
+    verdict.reject(compare("exponent vs no depth prefactor (0; negative control)", est, 0.0,
                            model_error=err, sizes=sizes))
 
 
@@ -91,7 +92,7 @@ def test_off_critical_variance_is_not_stable(gates, depth_window, rng, device, v
     """Negative control: at σ² = 2.2 the same procedure rejects the critical rate gamma_1(n, 1/2, 2)."""
     n, l1, l2, b = depth_window
     est = depth_slope(Ensemble(n, l2, sigma2=2.2, gates=gates, batch=b), l1, l2, rng, device)
-    verdict.reject(compare("critical-init", "slope at σ²=2.2 vs critical rate (negative control)", est,
+    verdict.reject(compare("slope at σ²=2.2 vs critical rate (negative control)", est,
                            lyapunov_exponents(n, 0.5, 2.0, 1)[0], model_error=slope_model_error(n, l1, l2),
                            sizes=dict(n=n, L1=l1, L2=l2, B=b, gates=gates)))
 
@@ -109,7 +110,7 @@ def test_printed_rate_L_times_half_sigma2_to_the_L(depth_window, rng, device, ve
     est = depth_slope(Ensemble(n, l2, sigma2=sigma2, gates="relu", batch=b), l1, l2, rng, device)
     printed = math.log(sigma2 / 2) + (math.log(l2) - math.log(l1)) / (l2 - l1)
     err = slope_model_error(n, l1, l2) + abs(lyapunov_exponents(n, 0.5, sigma2, 1)[0] - free_log_rate(sigma2))
-    verdict.check(compare("critical-init", "per-layer slope vs printed log(σ²/2)", est, printed,
+    verdict.check(compare("per-layer slope vs printed log(σ²/2)", est, printed,
                           model_error=err, sizes=dict(n=n, L1=l1, L2=l2, B=b, sigma2=sigma2)))
 
 
@@ -151,7 +152,7 @@ EDGE_CASES = {
 
 def pytest_generate_tests(metafunc):
     if metafunc.function.__name__ == "test_norm_squared_tends_to_the_free_edge":
-        metafunc.parametrize("L,p,gates,batch", EDGE_CASES[metafunc.config.getoption("--profile")])
+        metafunc.parametrize("L,p,gates,batch", EDGE_CASES[option(metafunc.config, "profile")])
 
 
 @pytest.mark.claim("free-limit")
@@ -161,10 +162,10 @@ def test_norm_squared_tends_to_the_free_edge(L, p, gates, batch, widths, profile
     a, model_err, pfit, means = _edge_extrapolation(L, p, gates, widths, rng, device, batch)
     edge = masked_product_edge(L, p, 1.0 / p)
     sizes = dict(widths=list(widths), L=L, p=p, gates=gates, B=batch)
-    verdict.check(compare("free-limit", "E||J||² extrapolated (n^-2/3)", a, edge, model_error=model_err,
+    verdict.check(compare("E||J||² extrapolated (n^-2/3)", a, edge, model_error=model_err,
                           sizes=sizes, note=f"fit p-value {pfit:.3g}; finite-n means {np.round(means, 4).tolist()}"))
     assert all(m < edge for m in means[-2:]), "finite-n values approach the edge from below"
-    verdict.reject(compare("free-limit", "E||J||² vs 1.10 x edge (negative control)", a, 1.10 * edge,
+    verdict.reject(compare("E||J||² vs 1.10 x edge (negative control)", a, 1.10 * edge,
                            model_error=model_err, sizes=sizes))
 
 
@@ -181,7 +182,7 @@ def test_printed_semicircular_limit(widths, profile, rng, device, verdict):
     L = 2
     batch = profile.pick(64, 96)
     a, model_err, _, _ = _edge_extrapolation(L, 0.5, "bernoulli", widths, rng, device, batch, sigma2=1.0)
-    verdict.check(compare("free-limit", "E||J||² vs printed ||s_1 s_2||²", a, free_semicircular_product_norm2(L, 0.5),
+    verdict.check(compare("E||J||² vs printed ||s_1 s_2||²", a, free_semicircular_product_norm2(L, 0.5),
                           model_error=model_err, sizes=dict(widths=list(widths), L=L, B=batch)))
 
 

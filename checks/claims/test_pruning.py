@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from theorems.plugin import option
 from theorems.ensembles import Ensemble, Pruning
 from theorems.experiments import (
     bootstrap_crossing,
@@ -56,7 +57,7 @@ INSTANCES = {"quick": ["random-0.5", "random-0.75", "magnitude-0.5", "uniform-ma
 
 def pytest_generate_tests(metafunc):
     if "instance" in metafunc.fixturenames:
-        ids = INSTANCES[metafunc.config.getoption("--profile")]
+        ids = INSTANCES[option(metafunc.config, "profile")]
         metafunc.parametrize("instance", [pytest.param(i, marks=[pytest.mark.claim(c) for c in CLAIMS_OF[i]], id=i)
                                           for i in ids])
 
@@ -107,7 +108,7 @@ def test_gap_vanishes_as_width_grows(instance, gap_widths, profile, rng, device,
     """Statistic: E[log||J^B|| - log||J||] (same W and gates), extrapolated in n; prediction 0."""
     batch = profile.pick(*GAP_SIZES)[1]
     a, err, vals = gap_extrapolation(instance, gap_widths, batch, rng, device)
-    verdict.check(compare("stability-theorem", f"gap extrapolated to n->inf ({instance})", a, 0.0, model_error=err,
+    verdict.check(compare(f"gap extrapolated to n->inf ({instance})", a, 0.0, model_error=err,
                           sizes=dict(widths=list(gap_widths), L=GAP_DEPTH, B=batch),
                           note=f"gaps per width {np.round(vals, 4).tolist()}"))
 
@@ -124,7 +125,7 @@ def test_unscaled_random_pruning_gap_does_not_vanish(gap_widths, profile, rng, d
 
     a, _, _ = extrapolate(gap_widths, *_gaps_by_width(gap_widths, batch, rng, device, unscaled), power=0.5)
     err = extrapolation_model_error(gap_widths, *_gaps_by_width(gap_widths, batch, rng, device, unscaled))
-    verdict.reject(compare("stability-theorem", "unscaled gap vs 0 (negative control)", a, 0.0,
+    verdict.reject(compare("unscaled gap vs 0 (negative control)", a, 0.0,
                            model_error=err, sizes=dict(widths=list(gap_widths), L=GAP_DEPTH)))
 
 
@@ -155,9 +156,9 @@ def test_unscaled_random_pruning_rate(s, gates, slope_window, rng, device, verdi
     err, rate = pruned_slope_model_error(ens, 0.5 * math.log(1 - s) + g1, l1, l2, rng, device,
                                          level_rate=PER_ASSERTION_RATE)
     verdict.note(image_norm_rate_independent=[round(rate.value, 5), round(rate.stderr, 5)])
-    verdict.check(compare("random-pruning-scaling", "per-layer slope, unscaled", est, 0.5 * math.log(1 - s) + g1,
+    verdict.check(compare("per-layer slope, unscaled", est, 0.5 * math.log(1 - s) + g1,
                           model_error=err, sizes=sizes))
-    verdict.reject(compare("random-pruning-scaling", "slope vs exponent L-1 (negative control)", est,
+    verdict.reject(compare("slope vs exponent L-1 (negative control)", est,
                            math.log(1 - s) + g1, model_error=err, sizes=sizes))
 
 
@@ -174,9 +175,9 @@ def test_three_scales_agree(s, rng, device, verdict):
     exact = magnitude_pruning_scale(n, s)
     limit = magnitude_pruning_scale(n, s, exact=False)
     assert abs(exact - limit) < 1e-3 * exact, (exact, limit)
-    verdict.check(compare("magnitude-pruning-scaling", "retained energy t^-2", mean_estimate(energy), exact**-2,
+    verdict.check(compare("retained energy t^-2", mean_estimate(energy), exact**-2,
                           sizes=dict(n=n, B=b, s=s), note=f"t_exact={exact:.6f}, t_limit={limit:.6f}"))
-    verdict.reject(compare("magnitude-pruning-scaling", "retained energy vs (1-s) (negative control)",
+    verdict.reject(compare("retained energy vs (1-s) (negative control)",
                            mean_estimate(energy), 1 - s, sizes=dict(n=n, B=b, s=s)))
 
 
@@ -197,16 +198,16 @@ def test_wrong_scale_drifts_at_log_c_over_t(s, slope_window, rng, device, verdic
     ens_c = Ensemble(n, l2, gates="relu", batch=b, pruning=Pruning("magnitude", s, c))
     wrong = depth_slope(ens_c, l1, l2, rng, device)
     err_c, rate_c = pruned_slope_model_error(ens_c, g1 + math.log(c / t), l1, l2, rng, device, level_rate=bound_rate)
-    verdict.check(compare("magnitude-pruning-scaling", "slope with scale c", wrong, g1 + math.log(c / t),
+    verdict.check(compare("slope with scale c", wrong, g1 + math.log(c / t),
                           model_error=err_c, sizes=sizes))
-    verdict.reject(compare("magnitude-pruning-scaling", "slope with c vs stable (negative control)", wrong, g1,
+    verdict.reject(compare("slope with c vs stable (negative control)", wrong, g1,
                            model_error=err_c, sizes=sizes))
     ens_t = ens_c.with_(pruning=Pruning("magnitude", s, t))
     right = depth_slope(ens_t, l1, l2, rng, device)
     err_t, rate_t = pruned_slope_model_error(ens_t, g1, l1, l2, rng, device, level_rate=bound_rate)
     verdict.note(image_norm_rate_independent={"c": [round(rate_c.value, 5), round(rate_c.stderr, 5)],
                                               "t_n": [round(rate_t.value, 5), round(rate_t.stderr, 5)]})
-    verdict.check(compare("magnitude-pruning-scaling", "slope with scale t_n", right, g1, model_error=err_t,
+    verdict.check(compare("slope with scale t_n", right, g1, model_error=err_t,
                           sizes=sizes))
 
 
@@ -248,9 +249,9 @@ def edge_measurement(request, device):
     from theorems.profiles import Profile
     from theorems.seeding import derive_seed, generator
 
-    seed = derive_seed(request.config.getoption("--seed"), "checks/claims/test_pruning.py::edge_measurement")
+    seed = derive_seed(option(request.config, "seed"), "checks/claims/test_pruning.py::edge_measurement")
     rng = generator(seed, device)
-    widths, batch, l1, l2 = Profile(request.config.getoption("--profile")).pick(*EDGE_SIZES)
+    widths, batch, l1, l2 = Profile(option(request.config, "profile")).pick(*EDGE_SIZES)
     points = [transition_density(n, batch, l1, l2, rng, device, seed) for n in widths]
     logs = np.array([p[0].value for p in points])
     ses = np.array([p[0].stderr for p in points])
@@ -274,10 +275,10 @@ def test_transition_density_scales_like_one_over_n(edge_measurement, edge_sizes,
     verdict.note(rho_star_times_n=np.round(np.exp(logs) * np.array(widths), 3).tolist(),
                  collapse_fraction_by_degree=collapses)
     per_log_power = log_factor_allowance(widths, stderrs=ses)  # slope of log log n on log n, same points and weights
-    verdict.check(compare("edge-of-stability", "exponent of rho*(n)", slope, -1.0, model_error=per_log_power,
+    verdict.check(compare("exponent of rho*(n)", slope, -1.0, model_error=per_log_power,
                           sizes=sizes))
-    verdict.reject(compare("edge-of-stability", "exponent vs -1/2 (negative control)", slope, -0.5, sizes=sizes))
-    verdict.reject(compare("edge-of-stability", "exponent vs printed log^5(n)/n (negative control)", slope,
+    verdict.reject(compare("exponent vs -1/2 (negative control)", slope, -0.5, sizes=sizes))
+    verdict.reject(compare("exponent vs printed log^5(n)/n (negative control)", slope,
                            5 * per_log_power - 1, sizes=sizes))
 
 
@@ -297,10 +298,10 @@ def test_sufficient_condition_is_conservative(edge_measurement, edge_sizes, verd
     verdict.note(sufficient_density_over_rho_star=np.round(np.exp(bound - logs), 1).tolist(),
                  sufficient_density=np.round(np.exp(bound), 2).tolist(), vacuous_below_width=VACUOUS_BELOW)
     for n, lr, se, b in zip(widths, logs, ses, bound):
-        verdict.check(compare_at_most("edge-of-stability", f"log rho*(n={n}) <= log(log^5 n / n) (sufficient condition)",
+        verdict.check(compare_at_most(f"log rho*(n={n}) <= log(log^5 n / n) (sufficient condition)",
                                       Estimate(lr, se, math.inf, batch), b, sizes=dict(n=n, B=batch, L1=l1, L2=l2),
                                       family=len(widths)))
-    verdict.reject(compare("edge-of-stability", "log rho*(n_max) vs log(log^5 n / n) read as the transition (negative "
+    verdict.reject(compare("log rho*(n_max) vs log(log^5 n / n) read as the transition (negative "
                            "control)", Estimate(logs[-1], ses[-1], math.inf, batch), bound[-1], model_error=math.log(10),
                            sizes=dict(n=widths[-1], B=batch, L1=l1, L2=l2)))
 
@@ -340,9 +341,9 @@ def test_scaled_random_pruning_is_stable_at_any_sparsity(request, n, keep_degree
     THETA (the stability threshold of the edge-of-stability check) of the unpruned one: one-sided, the
     interval's lower end must not exceed THETA.  Seeds derive from the master seed and the example."""
     s = 1.0 - keep_degree / n
-    seed = derive_seed(request.config.getoption("--seed"), f"{canonical_nodeid(request.node.nodeid)}[{n},{keep_degree!r}]")
+    seed = derive_seed(option(request.config, "seed"), f"{canonical_nodeid(request.node.nodeid)}[{n},{keep_degree!r}]")
     dev = coupled_slope_deviation(n, s, 16, 5, 25, generator(seed))
-    cmp = compare_at_most("random-pruning-scaling", "|Δ per-layer rate| of scaled pruning", mean_estimate(np.abs(dev)),
+    cmp = compare_at_most("|Δ per-layer rate| of scaled pruning", mean_estimate(np.abs(dev)),
                           THETA, sizes=dict(n=n, s=round(s, 4), B=16, L1=5, L2=25), seed=seed)
     assert cmp.consistent, cmp.message("at most THETA")
 
@@ -353,7 +354,7 @@ def test_unscaled_pruning_fails_the_same_property(rng, device, verdict):
     (1-s) n = 32 and n = 128 (s = 0.75), is rejected (its rate is off by ½|log(1-s)| = 0.69)."""
     n, s = 128, 0.75
     dev = coupled_slope_deviation(n, s, 16, 5, 25, rng, scale=1.0, device=device)
-    verdict.reject(compare_at_most("random-pruning-scaling", "|Δ per-layer rate| unscaled (negative control)",
+    verdict.reject(compare_at_most("|Δ per-layer rate| unscaled (negative control)",
                                    mean_estimate(np.abs(dev)), THETA, sizes=dict(n=n, s=s, B=16, L1=5, L2=25)))
 
 

@@ -77,17 +77,17 @@ def test_change_stays_bounded_in_depth(profile, rng, device, verdict):
     logs, absolute, collapsed = exponents(lambda L: c / (n * L**3), "c_over_nL3")
     assert not any(collapsed), (f"[training-stability] J collapsed to 0 during training at lr = c/(nL^3) (fraction "
                                 f"{collapsed} at depths {list(depths)}): an unbounded change; sizes {sizes}")
-    verdict.check(compare_at_most("training-stability", "exponent in L of E max|Δ log||J|||, lr = c/(nL^3)", logs, 0.0,
+    verdict.check(compare_at_most("exponent in L of E max|Δ log||J|||, lr = c/(nL^3)", logs, 0.0,
                                   model_error=allowance, sizes=sizes))
-    verdict.record(compare_at_most("training-stability", "exponent in L of E max|Δ||J||| (printed), lr = c/(nL^3)",
+    verdict.record(compare_at_most("exponent in L of E max|Δ||J||| (printed), lr = c/(nL^3)",
                                    absolute, 0.0, model_error=allowance, sizes=sizes))
     logs_u, absolute_u, collapsed_u = exponents(lambda L: c / (16 * n), "c_over_16n")
     if any(collapsed_u):  # the negative control's change is unbounded outright: rejected by the collapse itself
         verdict.note(negative_control_collapse_fraction_by_depth=dict(zip(depths, collapsed_u)))
         return
-    verdict.reject(compare_at_most("training-stability", "exponent in L of E max|Δ log||J|||, lr = c/(16n) "
+    verdict.reject(compare_at_most("exponent in L of E max|Δ log||J|||, lr = c/(16n) "
                                    "(negative control)", logs_u, 0.0, model_error=allowance, sizes=sizes))
-    verdict.record(compare_at_most("training-stability", "exponent in L of E max|Δ||J||| (printed), lr = c/(16n)",
+    verdict.record(compare_at_most("exponent in L of E max|Δ||J||| (printed), lr = c/(16n)",
                                    absolute_u, 0.0, model_error=allowance, sizes=sizes))
 
 
@@ -113,11 +113,11 @@ def test_change_over_horizon_shrinks_with_width(profile, rng, device, verdict):
             for n in widths]
     slope = secant_exponent(widths, stag)
     allowance = log_factor_allowance([widths[0], widths[-1]])
-    verdict.check(compare("stagnation-phase", "exponent of max change in n", slope, rate, model_error=allowance,
+    verdict.check(compare("exponent of max change in n", slope, rate, model_error=allowance,
                           sizes=sizes))
     fl = [log_mean_estimate(max_log_norm_change(n, L, 0.5 / n, n // 4, batch, rng, device)[0]) for n in widths]
     slope_fl = secant_exponent(widths, fl)
-    verdict.reject(compare("stagnation-phase", "exponent with lr = 1/(2n), n/4 steps (negative control)", slope_fl,
+    verdict.reject(compare("exponent with lr = 1/(2n), n/4 steps (negative control)", slope_fl,
                            rate, model_error=allowance, sizes=sizes))
 
 
@@ -179,8 +179,8 @@ def test_expected_A0_is_one(toy_sample, verdict):
     j = torch.prod(w, dim=1)
     a = (j * (j - TOY["alpha"])).numpy()
     sizes = dict(L=TOY["L"], samples=len(a))
-    verdict.check(compare("toy-descent", "E A_0", mean_estimate(a), 1.0, sizes=sizes))
-    verdict.reject(compare("toy-descent", "E A_0 vs 0.9 (negative control)", mean_estimate(a), 0.9, sizes=sizes))
+    verdict.check(compare("E A_0", mean_estimate(a), 1.0, sizes=sizes))
+    verdict.reject(compare("E A_0 vs 0.9 (negative control)", mean_estimate(a), 0.9, sizes=sizes))
 
 
 @pytest.mark.claim("toy-descent")
@@ -196,8 +196,8 @@ def test_squared_jacobian_decreases_after_one_step(toy_sample, verdict):
     err = 2 * abs(est.value - float(np.mean(d2)))
     pred = -1.0 * L * 3 ** (L - 1)
     sizes = dict(L=L, N=TOY["N"], lr=lr, samples=len(d1))
-    verdict.check(compare("toy-descent", "E[(J¹)²-(J⁰)²]/(2γ)", est, pred, model_error=err, sizes=sizes))
-    verdict.reject(compare("toy-descent", "sign flipped (negative control)", est, -pred, model_error=err, sizes=sizes))
+    verdict.check(compare("E[(J¹)²-(J⁰)²]/(2γ)", est, pred, model_error=err, sizes=sizes))
+    verdict.reject(compare("sign flipped (negative control)", est, -pred, model_error=err, sizes=sizes))
 
 
 @pytest.mark.claim("toy-descent")
@@ -211,7 +211,7 @@ def test_main_text_sentence_larger_is_an_erratum(toy_sample, verdict):
     w, x = toy_sample
     d = toy_step_change(w, x, TOY["alpha"], TOY["lr"]) / (2 * TOY["lr"])
     neg = Estimate(-mean_estimate(d).value, mean_estimate(d).stderr, len(d) - 1, len(d))
-    verdict.check(compare_at_most("toy-descent", "-E[(J¹)²-(J⁰)²] <= 0 (main text: larger)", neg, 0.0,
+    verdict.check(compare_at_most("-E[(J¹)²-(J⁰)²] <= 0 (main text: larger)", neg, 0.0,
                                   sizes=dict(samples=len(d))))
 
 
@@ -258,19 +258,19 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
     total = log_norm[-1] - log_norm[0]
     best = {lr: int(c) for lr, c in zip(grid, np.bincount(pick, minlength=len(grid)))}
     sizes = dict(data=data, n=n, L=L, samples=samples, steps=steps, B=batch, networks_per_lr=best)
-    verdict.record(compare("descent-convergence", "final loss / initial loss", mean_estimate(loss[-1] / loss[0]),
+    verdict.record(compare("final loss / initial loss", mean_estimate(loss[-1] / loss[0]),
                            0.0, sizes=sizes))
-    verdict.reject(compare_at_most("descent-convergence", "early change of log||J|| >= 0? (drop expected)",
+    verdict.reject(compare_at_most("early change of log||J|| >= 0? (drop expected)",
                                    Estimate(-mean_estimate(early).value, mean_estimate(early).stderr, batch - 1, batch),
                                    0.0, sizes=sizes))
-    verdict.check(compare_at_most("descent-convergence", "|late change| - 0.1 |total change|",
+    verdict.check(compare_at_most("|late change| - 0.1 |total change|",
                                   mean_estimate(np.abs(late) - 0.1 * np.abs(total)), 0.0, sizes=sizes))
     # negative control: the same networks, each at 1/SLOW_FACTOR of its learning rate for the same steps, are not settled
     slow = train_mlp(ws, x, z, np.asarray(grid)[pick] / SLOW_FACTOR, steps, record_every=steps // 20).log_norm
     assert np.isfinite(slow).all(), f"a network diverged or died at 1/{SLOW_FACTOR} of its learning rate"
     # recorded, not asserted: with 48 networks it is about 6 standard errors from 0 (miss probability ~0.02 at the
     # per-assertion level; 4.5 at lr/10, 6.6 at lr/100): the 'settled' criterion itself has little power here
-    verdict.record(compare_at_most("descent-convergence", f"|late change| - 0.1 |total change| at lr/{SLOW_FACTOR} "
+    verdict.record(compare_at_most(f"|late change| - 0.1 |total change| at lr/{SLOW_FACTOR} "
                                    "(negative control: not settled)",
                                    mean_estimate(np.abs(slow[-1] - slow[half]) - 0.1 * np.abs(slow[-1] - slow[0])), 0.0,
                                    sizes=sizes))
@@ -313,13 +313,13 @@ def test_gate_shift_from_training_vanishes_as_width_grows(profile, rng, device, 
     verdict.note(shift_lr_c_over_n=[round(float(r.shift.mean()), 4) for r in runs],
                  shift_fixed_lr=[round(float(r.shift.mean()), 4) for r in fixed_runs],
                  relative_weight_change_lr_c_over_n=[round(r.weight_change, 4) for r in runs])
-    verdict.check(compare_below("approx-trained-gates", "exponent in n of the P(d=1) shift, lr = c/n (vanishes: < 0)",
+    verdict.check(compare_below("exponent in n of the P(d=1) shift, lr = c/n (vanishes: < 0)",
                                 scaled, 0.0, sizes=sizes))
-    verdict.record(compare("approx-trained-gates", "exponent in n of the P(d=1) shift vs -1 (lr t scaling)", scaled,
+    verdict.record(compare("exponent in n of the P(d=1) shift vs -1 (lr t scaling)", scaled,
                            -1.0, sizes=sizes))
-    verdict.reject(compare("approx-trained-gates", "exponent in n of the P(d=1) shift at a fixed lr vs -1 (negative "
+    verdict.reject(compare("exponent in n of the P(d=1) shift at a fixed lr vs -1 (negative "
                            "control: the lr = c/n law)", fixed, -1.0, sizes=sizes))
-    verdict.record(compare_below("approx-trained-gates", "exponent in n of the P(d=1) shift at a fixed lr (does not "
+    verdict.record(compare_below("exponent in n of the P(d=1) shift at a fixed lr (does not "
                                  "vanish: not below 0)", fixed, 0.0, sizes=sizes))
 
 
@@ -344,7 +344,7 @@ def test_printed_gates_still_fair_coins_after_training(profile, rng, device, see
     verdict.note(shift=round(float(run.shift.mean()), 4), relative_weight_change=round(run.weight_change, 4),
                  binomial_p_at_init=binomial_pvalue(int(round(run.open_before.sum() * n)), nets * n, 0.5),
                  chi_square_pairs_uniformity_p=p_chi)
-    verdict.check(significance_test("approx-trained-gates", "binomial P(d=1)=1/2 after training, as printed", p_binom,
+    verdict.check(significance_test("binomial P(d=1)=1/2 after training, as printed", p_binom,
                                     n=nets * n, sizes=sizes))
 
 
@@ -379,10 +379,10 @@ def test_balance_drift_is_second_order_in_lr(profile, rng, device, verdict):
     est = mean_estimate(s2)
     err = abs(est.value - float(np.mean(s1)))
     sizes = dict(n=n, L=L, B=batch, lr=[lr0, lr0 / 2, lr0 / 4], time=time_)
-    verdict.check(compare("balanced-dynamics", "order of the drift in lr at fixed lr*steps", est, 1.0, model_error=err,
+    verdict.check(compare("order of the drift in lr at fixed lr*steps", est, 1.0, model_error=err,
                           sizes=sizes))
-    verdict.reject(compare("balanced-dynamics", "order 0 (negative control)", est, 0.0, model_error=err, sizes=sizes))
-    verdict.reject(compare("balanced-dynamics", "order 2 (negative control)", est, 2.0, model_error=err, sizes=sizes))
+    verdict.reject(compare("order 0 (negative control)", est, 0.0, model_error=err, sizes=sizes))
+    verdict.reject(compare("order 2 (negative control)", est, 2.0, model_error=err, sizes=sizes))
 
 
 def work(profile) -> float:

@@ -90,7 +90,7 @@ def test_local_and_ray_paths_give_the_same_runs(tmp_path):
     (["--seeds", "0"], "--seeds must be >= 1"),
     (["--seeds", "2", "--workers", "0"], "--workers must be >= 1"),
     (["--seeds", "2", "--", "--no-such-option"], "PYTEST_ARGS rejected by pytest"),
-    (["--seeds", "2", "--", "--seed=3"], "must not set --seed"),
+    (["--seeds", "2", "--", "--seed=3"], "must not set --theorems-seed"),
     (["--seeds", "2", "--ray", "127.0.0.1:9", "--", *SELECTION], "no Ray cluster answers there"),
 ])
 def test_bad_input_fails_before_any_run_and_writes_nothing(tmp_path, args, message):

@@ -68,7 +68,7 @@ def test_correlated_weights_have_the_correlation_law(path):
     a, b = w[:, 0, 0].numpy(), w[:, 3, 5].numpy()
     r = float(np.corrcoef(a, b)[0, 1])
     z = Estimate(math.atanh(r), 1 / math.sqrt(batch - 3), math.inf, batch)
-    assert_consistent(compare("correlated-weights", "Fisher z of the entry correlation", z,
+    assert_consistent(compare("Fisher z of the entry correlation", z,
                               math.atanh(correlation_from_eta(eta))))
 
 
@@ -86,9 +86,9 @@ def test_image_norm_rate_is_gamma1_for_gaussian_weights_and_offset_by_pruning(rn
     n, depth, batch = 48, 40, 2000
     g1 = lyapunov_exponents(n, 0.5, 2.0, 1)[0]
     gaussian = image_norm_rate(Ensemble(n, depth, batch=batch), rng)
-    check = compare("lyapunov", "image-norm rate, Gaussian", gaussian, g1)  # at the per-assertion level
+    check = compare("image-norm rate, Gaussian", gaussian, g1)  # at the per-assertion level
     assert check.consistent, check.message()
     pruned = image_norm_rate(Ensemble(n, depth, batch=batch, pruning=Pruning("random", 0.9, 10 ** 0.5)), rng)
-    below = compare_below("random-pruning-scaling", "image-norm rate, pruned (s = 0.9)", pruned, g1)
+    below = compare_below("image-norm rate, pruned (s = 0.9)", pruned, g1)
     assert below.consistent, below.message("significantly below gamma_1")
     assert -0.2 < pruned.value - g1 < 0, pruned

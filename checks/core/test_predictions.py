@@ -71,7 +71,7 @@ def test_first_moment_is_exact_at_finite_width(rng, verdict):
     L, n, p, s2 = 4, 32, 0.5, 2.0
     prod = jacobian_product(Ensemble(n, L, sigma2=s2, keep_prob=p, batch=400).factors(rng))
     tr = torch.exp(2 * prod.log_scale) / n  # the stored matrix has unit Frobenius norm
-    verdict.check(compare("free-limit", "tr(JJ^T)/n", mean_estimate(tr), P.gated_moments(L, p, s2)[0],
+    verdict.check(compare("tr(JJ^T)/n", mean_estimate(tr), P.gated_moments(L, p, s2)[0],
                           sizes=dict(n=n, L=L, B=400)))
 
 
@@ -115,7 +115,7 @@ def test_lyapunov_matches_monte_carlo_qr(p, rng, verdict):
     est = lyapunov_qr(Ensemble(n, L, sigma2=1.0, keep_prob=p, batch=B).factors(rng), k, rng).exponents
     pred = P.lyapunov_exponents(n, p, 1.0, k)
     for i in range(k):
-        verdict.check(compare("lyapunov", f"QR gamma_{i + 1} (p={p})", mean_estimate(est[:, i]), pred[i],
+        verdict.check(compare(f"QR gamma_{i + 1} (p={p})", mean_estimate(est[:, i]), pred[i],
                               sizes=dict(n=n, L=L, B=B)))
 
 
@@ -169,9 +169,9 @@ def test_magnitude_scale_matches_retained_energy(s, rng, verdict):
     n = 64
     w = sample_weights(400, n, 2.0, rng, pruning=Pruning("magnitude", s))
     energy = (w**2).sum(dim=(-2, -1)) / (2.0 * n)
-    verdict.check(compare("magnitude-pruning-scaling", "retained energy t^-2", mean_estimate(energy),
+    verdict.check(compare("retained energy t^-2", mean_estimate(energy),
                           P.magnitude_pruning_scale(n, s) ** -2, sizes=dict(n=n, B=400)))
-    verdict.reject(compare("magnitude-pruning-scaling", "retained energy vs random scale^-2 (negative control)",
+    verdict.reject(compare("retained energy vs random scale^-2 (negative control)",
                            mean_estimate(energy), P.random_pruning_scale(s) ** -2, sizes=dict(n=n, B=400)))
 
 

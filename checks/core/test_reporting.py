@@ -1,6 +1,7 @@
 """The report plugin: verdict logic, files written, and the numeric regression baseline (issue 7)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,20 +128,25 @@ def test_an_interrupted_run_says_so_and_confirms_nothing(tmp_path):
     assert "This run was interrupted" in (tmp_path / "reports" / "latest" / "summary.md").read_text()
 
 
-BAD_OPTIONS = [
-    ("--compare-baseline={tmp}/missing.json", "--compare-baseline=", "no such file"),
-    ("--compare-baseline={tmp}/corrupt.json", "--compare-baseline=", "not a baseline"),
-    ("--report-dir={tmp}/file/reports", "--report-dir=", "is not a directory"),
-    ("--write-baseline={tmp}/file/base.json", "--write-baseline=", "is not a directory"),
+BAD_OPTIONS = [  # the plugin's names and this repository's short aliases alike; the message names the option
+    ("--theorems-compare-baseline={tmp}/missing.json", "compare-baseline=", "no such file"),
+    ("--compare-baseline={tmp}/corrupt.json", "compare-baseline=", "not a baseline"),
+    ("--theorems-report-dir={tmp}/file/reports", "report-dir=", "is not a directory"),
+    ("--write-baseline={tmp}/file/base.json", "write-baseline=", "is not a directory"),
+    ("--theorems-figures", "--theorems-figures", "needs matplotlib"),
 ]
 
 
 @pytest.mark.parametrize("option, name, problem", BAD_OPTIONS, ids=["missing-baseline", "corrupt-baseline",
-                                                                     "report-dir", "write-baseline"])
+                                                                     "report-dir", "write-baseline", "figures-extra"])
 def test_bad_options_are_usage_errors_before_any_work(tmp_path, option, name, problem):
     (tmp_path / "corrupt.json").write_text("{not json")
     (tmp_path / "file").write_text("a file, not a directory")
+    # matplotlib made absent (sys.modules[name] = None is how Python marks a module that cannot be imported)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", option.format(tmp=tmp_path), SELECTION[0]]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 4, res.stdout[-1000:] + res.stderr[-1000:]  # pytest's usage-error status
     assert name in res.stderr and problem in res.stderr and "Traceback" not in res.stderr, res.stderr

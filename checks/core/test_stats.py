@@ -1,15 +1,16 @@
 """The statistics helpers: calibrated size, real power, informative messages (issue 2, item 5)."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from theorems.reporting import Verdict
 from theorems.stats import (
     FALSE_FAIL_RATE,
     Estimate,
-    assert_consistent,
     assert_rejects,
     binomial_pvalue,
     chi2_independence_pvalue,
@@ -38,7 +39,7 @@ def test_mean_comparison_has_its_stated_size(seed):
         rejections += not lo <= 1.0 <= hi
     # one-sided: more rejections than the level would be a miscalibrated (too narrow) interval
     assert stats.binom.sf(rejections - 1, TRIALS, 0.01) > FALSE_FAIL_RATE, rejections
-    assert compare("t", "mean", mean_estimate([0.0, 1.0]), 0.5).level == 1 - FALSE_FAIL_RATE
+    assert compare("mean", mean_estimate([0.0, 1.0]), 0.5).level == 1 - FALSE_FAIL_RATE
 
 
 def test_mean_comparison_has_power_beyond_min_discrepancy(seed):
@@ -47,38 +48,56 @@ def test_mean_comparison_has_power_beyond_min_discrepancy(seed):
     misses = 0
     for _ in range(500):
         est = mean_estimate(rng.normal(0.0, 1.0, 50))
-        cmp = compare("t", "mean", est, 0.0, model_error=0.1)
-        wrong = compare("t", "mean", est, est.value + 1.5 * cmp.min_discrepancy, model_error=0.1)
+        cmp = compare("mean", est, 0.0, model_error=0.1)
+        wrong = compare("mean", est, est.value + 1.5 * cmp.min_discrepancy, model_error=0.1)
         misses += wrong.consistent
     assert misses == 0
 
 
 def test_model_error_widens_the_interval():
     est = Estimate(1.0, 0.01, 100, 101)
-    assert not compare("t", "x", est, 1.2).consistent
-    assert compare("t", "x", est, 1.2, model_error=0.2).consistent
+    assert not compare("x", est, 1.2).consistent
+    assert compare("x", est, 1.2, model_error=0.2).consistent
     with pytest.raises(ValueError, match="model_error"):
-        compare("t", "x", est, 1.2, model_error=-1)
+        compare("x", est, 1.2, model_error=-1)
+
+
+class _Item:
+    """The part of a pytest item the verdict recorder reads: markers and user_properties."""
+
+    def __init__(self, *marks):
+        self.marks, self.user_properties = marks, []
+
+    def iter_markers(self, name):
+        return (m for m in self.marks if m.name == name)
+
+    def get_closest_marker(self, name):
+        return next(self.iter_markers(name), None)
 
 
 def test_failure_message_names_everything():
-    cmp = compare("critical-init", "slope of E log||J||", Estimate(0.5, 0.01, 30, 31), 0.0, model_error=0.02,
-                  sizes=dict(n=64, L=100), seed=1234)
+    """The verdict adds the test's claim id and seed and the sizes stated once; the message names them all."""
+    verdict = Verdict(_Item(pytest.mark.claim("critical-init").mark), seed=1234)
+    verdict.sizes.update(n=64, L=100)
+    cmp = compare("slope of E log||J||", Estimate(0.5, 0.01, 30, 31), 0.0, model_error=0.02)
     with pytest.raises(AssertionError) as err:
-        assert_consistent(cmp)
+        verdict.check(cmp)
     msg = str(err.value)
+    assert "99.996% CI" in msg, msg  # the level, not rounded to 100%
+    stored = json.loads(verdict._item.user_properties[0][1])
+    assert stored["claim"] == "critical-init" and stored["sizes"] == {"n": 64, "L": 100} and stored["seed"] == 1234
     for piece in ["critical-init", "slope of E log||J||", "prediction 0", "observed 0.5", "CI [", "model error",
                   "n=31", "n=64", "L=100", "seed=1234"]:
         assert piece in msg, piece
     assert_rejects(cmp)
     with pytest.raises(AssertionError, match="REJECTED"):
-        assert_rejects(compare("t", "x", Estimate(0.0, 0.01, 30, 31), 0.0))
+        assert_rejects(compare("x", Estimate(0.0, 0.01, 30, 31), 0.0))
 
 
 def test_collapse_is_a_result_not_nan():
     est = mean_estimate([1.0, -math.inf, 2.0])
     assert est.value == -math.inf
-    assert not compare("t", "x", est, 0.0).consistent
+    assert not compare("x", est, 0.0).consistent
     with pytest.raises(ValueError, match="NaN"):
         mean_estimate([1.0, math.nan])
     s = paired_slope([0.0, 0.0, 0.0], [1.0, -math.inf, 2.0], 1, 3)
@@ -143,14 +162,14 @@ def test_headroom_is_negative_exactly_when_a_check_fails():
     (two-sided, one-sided upper, with a model error, and a significance test), and a wider miss has less headroom."""
     for kind, est in (("two-sided", 1.0), ("two-sided", 1.3), ("two-sided", 0.55), ("upper", 1.2), ("upper", 0.5)):
         for me in (0.0, 0.2):
-            c = compare("c", "s", Estimate(est, 0.1, 30, 31), 0.9, model_error=me)
+            c = compare("s", Estimate(est, 0.1, 30, 31), 0.9, model_error=me)
             c.kind = kind
             assert (c.headroom >= 0) == c.consistent, (kind, est, me, c.headroom)
-    near = compare("c", "s", Estimate(1.0, 0.1, math.inf, 100), 0.95)
-    far = compare("c", "s", Estimate(1.0, 0.1, math.inf, 100), 0.8)
+    near = compare("s", Estimate(1.0, 0.1, math.inf, 100), 0.95)
+    far = compare("s", Estimate(1.0, 0.1, math.inf, 100), 0.8)
     assert near.headroom > far.headroom
     edge = 1.0 + 0.1 * stats.norm.isf((1 - near.level) / 2)  # the prediction on the interval's edge
-    exact = compare("c", "s", Estimate(1.0, 0.1, math.inf, 100), edge)
+    exact = compare("s", Estimate(1.0, 0.1, math.inf, 100), edge)
     assert exact.headroom == pytest.approx(0.0, abs=1e-9)
 
 
@@ -212,12 +231,12 @@ def test_miss_probability_of_a_negative_control():
     from theorems.stats import significance_test
 
     est = Estimate(0.0, 1.0, math.inf, 100)
-    edge = compare("t", "x", est, 0.0).half_width
-    assert compare("t", "x", est, edge).miss_probability == pytest.approx(0.5, abs=1e-9)
-    assert compare("t", "x", est, edge + 8.0).miss_probability < 1e-12
-    assert compare("t", "x", est, edge + 1.0, model_error=1.0).miss_probability == pytest.approx(0.5, abs=1e-9)
-    assert significance_test("t", "p", 0.0, n=10).miss_probability == 0.0
-    at_level = significance_test("t", "p", FALSE_FAIL_RATE, n=10).miss_probability
+    edge = compare("x", est, 0.0).half_width
+    assert compare("x", est, edge).miss_probability == pytest.approx(0.5, abs=1e-9)
+    assert compare("x", est, edge + 8.0).miss_probability < 1e-12
+    assert compare("x", est, edge + 1.0, model_error=1.0).miss_probability == pytest.approx(0.5, abs=1e-9)
+    assert significance_test("p", 0.0, n=10).miss_probability == 0.0
+    at_level = significance_test("p", FALSE_FAIL_RATE, n=10).miss_probability
     assert at_level == pytest.approx(0.5, abs=1e-9)
 
 
@@ -227,16 +246,16 @@ def test_below_comparison_asserts_an_effect_and_reports_its_power_shortfall():
     from theorems.stats import compare_below
 
     est = Estimate(-1.0, 0.1, math.inf, 100)
-    edge = compare_below("t", "x", est, 0.0).half_width
-    assert compare_below("t", "x", est, 0.0).consistent
-    assert not compare_below("t", "x", est, -1.0 + edge).consistent  # the bound inside the interval
-    assert not compare_below("t", "x", est, 0.0, model_error=1.0).consistent
-    at_edge = compare_below("t", "x", est, -1.0 + edge + 1e-12)
+    edge = compare_below("x", est, 0.0).half_width
+    assert compare_below("x", est, 0.0).consistent
+    assert not compare_below("x", est, -1.0 + edge).consistent  # the bound inside the interval
+    assert not compare_below("x", est, 0.0, model_error=1.0).consistent
+    at_edge = compare_below("x", est, -1.0 + edge + 1e-12)
     assert at_edge.power_shortfall == pytest.approx(0.5, abs=1e-6)
-    far = compare_below("t", "x", est, 0.0)
+    far = compare_below("x", est, 0.0)
     assert far.power_shortfall < 1e-6 and far.to_record("check")["miss_probability"] == far.power_shortfall
     assert far.to_record("negative-control")["miss_probability"] == pytest.approx(1 - far.power_shortfall)
-    assert compare("t", "x", est, 0.0).to_record("check")["miss_probability"] is None
+    assert compare("x", est, 0.0).to_record("check")["miss_probability"] is None
 
 
 def test_run_budget_counts_slots_and_fails_over_budget():

@@ -1,0 +1,77 @@
+"""The pytest plugin in a project of its own (issue 17): the example under ``examples/`` runs against the installed
+plugin with pytester, registers its claim, gets the fixtures and writes its report; JUnit carries the records."""
+
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "linear_image_norm"
+
+
+@pytest.fixture
+def example(pytester):
+    for f in EXAMPLE.glob("*.py"):
+        shutil.copy(f, pytester.path / f.name)
+    return pytester
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist"])
+def test_example_project_gets_fixtures_verdicts_and_junit_properties(example, xdist):
+    result = example.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers", "--junitxml=junit.xml",
+                                          "--theorems-seed=7", *xdist)
+    result.assert_outcomes(passed=2)
+    doc = json.loads((example.path / "reports" / "latest" / "verdicts.json").read_text())
+    assert list(doc["claims"]) == ["linear-image-norm"], list(doc["claims"])  # the user's claim only, not the suite's
+    assert doc["claims"]["linear-image-norm"]["verdict"] == "confirmed" and doc["master_seed"] == 7
+    records = [r for t in doc["tests"] for r in t["records"]]
+    assert [r["role"] for r in records].count("negative-control") == 4
+    assert all(r["claim"] == "linear-image-norm" and r["sizes"]["L"] == 10 for r in records), records
+    properties = [json.loads(p.get("value")) for p in ET.parse(example.path / "junit.xml").iter("property")
+                  if p.get("name") == "theorems"]
+    assert len(properties) == len(records) == 6
+    assert {"claim", "statistic", "estimate", "prediction", "ci_low", "ci_high", "role"} <= set(properties[0])
+
+
+def test_help_lists_the_prefixed_options(pytester):
+    out = pytester.runpytest_subprocess("--help").stdout.str()
+    for name in ("--theorems-profile", "--theorems-device", "--theorems-seed", "--theorems-report-dir",
+                 "--theorems-figures", "--theorems-compare-baseline", "--theorems-claims-coverage"):
+        assert name in out, name
+    assert "--theorems-report-dir=DIR" in out and "SUPPRESS" not in out
+
+
+def test_an_unregistered_claim_fails_at_collection(pytester):
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.claim("no-such-claim")
+        def test_x(verdict):
+            pass
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown claim id" in result.stderr.str() and "register_claim" in result.stderr.str()
+
+
+def test_register_claim_checks_its_arguments():
+    from theorems import register_claim
+
+    with pytest.raises(ValueError, match="claim_id"):
+        register_claim("has spaces", source="s", printed="p", reading="r")
+    with pytest.raises(ValueError, match="printed"):
+        register_claim("x-claim", source="s", printed="", reading="r")
+    with pytest.raises(ValueError, match="already registered"):
+        register_claim("lyapunov", source="elsewhere", printed="p", reading="r")
+
+
+def test_importing_the_plugin_does_not_import_torch():
+    code = "import sys, theorems.plugin; assert 'torch' not in sys.modules, 'torch imported'"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
