@@ -26,9 +26,21 @@ from .spectral import (
     suffix_products,
     top_left_singular_vectors,
 )
-from .stats import Estimate, mean_estimate, paired_slope, per_layer_slopes
+from .stats import (
+    Estimate,
+    binomial_pvalue,
+    chi2_independence_pvalue,
+    correlation_pvalue,
+    mean_estimate,
+    paired_slope,
+    per_layer_slopes,
+    uniformity_pvalue,
+)
 
 __all__ = [
+    "gate_test_pvalues",
+    "GATE_TEST_PAIRS",
+    "STABILITY_THRESHOLD",
     "log_norms_at",
     "image_norm_rate",
     "pruned_slope_model_error",
@@ -349,3 +361,29 @@ def alignment_rates(log_sin: dict, log_gap: dict, lengths: Sequence[int]) -> dic
         "twice_span_error": abs(float(np.mean(late_align + 2 * slope(log_gap, l1, l2)))
                                 - float(np.mean(early_align + 2 * slope(log_gap, l0, l1)))) / 2,
     }
+
+
+# --- shared thresholds and test batteries of the claim checks -----------------------------------------------------
+
+#: 'Broken' stability (claims edge-of-stability, correlated-weights): the per-layer rate of log||J|| departs from the
+#: unperturbed one by this much (a factor e^±5 over 100 layers), or the product collapses.
+STABILITY_THRESHOLD = 0.05
+
+#: Random pairs of gates whose chi-square independence p-values are tested for uniformity (App. G.1's battery).
+GATE_TEST_PAIRS = 200
+
+
+def gate_test_pvalues(sample, rng: np.random.Generator, pairs: int = GATE_TEST_PAIRS) -> tuple[float, float, float, float]:
+    """p-values of the App. G.1 tests (claims approx-gates, approx-trained-gates) for N networks' (W_l, D_l, W_{l+1}):
+    binomial P(d = 1) = 1/2 (pooled), uniformity (KS) of chi-square independence p-values over random
+    pairs of entries, and Pearson correlations of T_D = frac(D_l = 1) with T_W = frac(W > 0) for
+    W = W_l (the paper's heuristic) and W = W_{l+1} (the weights D_l multiplies in J = ... W_{l+1} D_l ...)."""
+    w, d, w_next = sample
+    n_nets, n = d.shape
+    p_binom = binomial_pvalue(int(d.sum()), d.size, 0.5)
+    pairs = [rng.choice(n, 2, replace=False) for _ in range(pairs)]
+    p_chi = uniformity_pvalue([chi2_independence_pvalue(d[:, i], d[:, j]) for i, j in pairs])
+    t_d = d.mean(axis=1)
+    same = correlation_pvalue((w > 0).reshape(n_nets, -1).mean(axis=1), t_d)
+    following = correlation_pvalue((w_next > 0).reshape(n_nets, -1).mean(axis=1), t_d)
+    return p_binom, p_chi, same, following

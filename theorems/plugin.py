@@ -27,7 +27,7 @@ from .claims import MAIN, registered_claims
 from .profiles import Profile
 from .seeding import canonical_nodeid, derive_seed, generator
 
-__all__ = ["option", "DEFAULT_SEED"]
+__all__ = ["option", "seed_for", "DEFAULT_SEED"]
 
 #: The master seed when none is given.
 DEFAULT_SEED = 20261123
@@ -200,6 +200,14 @@ def _theorems_tag_claims(request, seed):
         item.user_properties.append(("statistical_slots", int(mark.args[0])))
 
 
+def seed_for(request, suffix: str) -> int:
+    """A seed derived from the master seed and the requesting node's id plus ``suffix``: for a measurement that
+    several checks share (a module-scoped fixture: ``seed_for(request, "::edge_measurement")``, whose node is the
+    module) or for one example of a property test (``seed_for(request, f"[{n},{x!r}]")``).  Never from the check
+    that happens to ask first, so order, ``-n`` and workers do not change it."""
+    return derive_seed(option(request.config, "seed"), canonical_nodeid(request.node.nodeid) + suffix)
+
+
 @pytest.fixture(scope="session")
 def profile(request) -> Profile:
     """The run's size profile (``--theorems-profile``): ``profile.pick(quick, full)``."""
@@ -215,7 +223,7 @@ def device(request) -> str:
 @pytest.fixture
 def seed(request) -> int:
     """This test's seed: derived from the master seed (``--theorems-seed``) and the node id only."""
-    return derive_seed(option(request.config, "seed"), canonical_nodeid(request.node.nodeid))
+    return seed_for(request, "")
 
 
 @pytest.fixture

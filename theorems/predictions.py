@@ -26,6 +26,7 @@ __all__ = [
     "random_pruning_scale",
     "critical_sigma2",
     "free_log_rate",
+    "EDGE_DENSITY_VACUOUS_BELOW",
     "gated_moments",
     "log_det_rate",
     "correlation_from_eta",
@@ -224,6 +225,11 @@ def correlation_from_eta(eta: float) -> float:
     """Entry correlation ``eta^2 / (1 + eta^2)`` of ``W_ind + eta w`` (full App. F)."""
     e = check_real("eta", eta, low=0.0)
     return e * e / (1 + e * e)
+
+
+#: log(n)^5 / n >= 1 (the sufficient density allows no pruning) for every width below this one (the root of
+#: 5 log log n = log n is n = 332,105; claims edge-of-stability).
+EDGE_DENSITY_VACUOUS_BELOW = 332_105
 
 
 def edge_of_stability_density(width: int) -> float:

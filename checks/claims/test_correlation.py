@@ -6,15 +6,14 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from theorems.plugin import option
+from theorems.plugin import option, seed_for
 from theorems.ensembles import Ensemble
-from theorems.experiments import bootstrap_crossing, correlated_log_norms_at, log_norms_at, per_layer_slopes
+from theorems.experiments import STABILITY_THRESHOLD, bootstrap_crossing, correlated_log_norms_at, log_norms_at, per_layer_slopes
 from theorems.predictions import correlation_from_eta
 from theorems.profiles import Profile, product_flops
-from theorems.seeding import derive_seed, generator
+from theorems.seeding import generator
 from theorems.stats import compare, fit_chi2_per_dof, fit_slope, log_factor_allowance, mean_estimate
 
-THETA = 0.05  # 'broken': per-layer log-norm rate off by 0.05 (a factor e^±5 over 100 layers) or a collapse
 C_GRID = (0.25, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)  # eta * sqrt(n)
 # quick, full: widths, networks per ensemble {gated, ReLU}, depth window L1, L2
 SIZES = (((12, 24, 48, 96, 192), dict(bernoulli=96, relu=256), 3, 23),
@@ -23,14 +22,14 @@ SIZES = (((12, 24, 48, 96, 192), dict(bernoulli=96, relu=256), 3, 23),
 
 def threshold(gates, n, batch, l1, l2, rng, device, seed):
     """log corr*(n): first correlation (scanning eta sqrt(n) over C_GRID) where the median per-layer slope
-    departs from the iid one by THETA (medians: a collapse counts once half the networks collapse); bootstrap
+    departs from the iid one by STABILITY_THRESHOLD (medians: a collapse counts once half the networks collapse); bootstrap
     standard error.  Common random numbers: every eta and the iid reference share W_ind, the shared w and the input
     network by network (:func:`correlated_log_norms_at`), and the bootstrap resamples networks jointly."""
     etas = [0.0] + [c / math.sqrt(n) for c in C_GRID]
     ln = correlated_log_norms_at(Ensemble(n, l2, gates=gates, batch=batch), etas, [l1, l2], rng, device)
     reference, *samples = [per_layer_slopes(x[l1], x[l2], l1, l2) for x in ln]
     corr = [correlation_from_eta(c / math.sqrt(n)) for c in C_GRID]
-    est = bootstrap_crossing(corr, samples, reference, THETA, np.random.default_rng(seed), paired=True)
+    est = bootstrap_crossing(corr, samples, reference, STABILITY_THRESHOLD, np.random.default_rng(seed), paired=True)
     return est, samples, reference
 
 
@@ -67,7 +66,7 @@ def sweep(gates, request, device) -> Sweep:
     worker, and the two models' sweeps run on different workers).  Its seed is derived from the master seed,
     this module and the gate model, not from the check that asks first."""
     all_widths, batches, l1, l2 = Profile(option(request.config, "profile")).pick(*SIZES)
-    seed = derive_seed(option(request.config, "seed"), f"checks/claims/test_correlation.py::{gates}")
+    seed = seed_for(request, f"::{gates}")
     rng = generator(seed, device)
     widths, batch = sweep_widths(gates, all_widths), batches[gates]
     return Sweep(widths, batch, l1, l2, [threshold(gates, n, batch, l1, l2, rng, device, seed) for n in widths])
@@ -101,7 +100,7 @@ def test_threshold_scales_like_one_over_n(gates, sweep, profile, verdict):
     logs = np.array([t[0].value for t in points])
     ses = np.array([t[0].stderr for t in points])
     slope = fit_slope(np.log(widths), logs, ses)
-    sizes = dict(widths=list(widths), B=batch, L1=l1, L2=l2, gates=gates, theta=THETA)
+    sizes = dict(widths=list(widths), B=batch, L1=l1, L2=l2, gates=gates, theta=STABILITY_THRESHOLD)
     per_log_power = log_factor_allowance(widths, stderrs=ses)
     verdict.note(corr_star_times_n=np.round(np.exp(logs) * np.array(widths), 3).tolist(),
                  log_corr_star_stderr=np.round(ses, 3).tolist(),

@@ -7,38 +7,15 @@ import pytest
 import torch
 
 from theorems.ensembles import Ensemble, sample_weights
-from theorems.experiments import chunks
+from theorems.experiments import GATE_TEST_PAIRS, chunks, gate_test_pvalues
 from theorems.profiles import product_flops
 from theorems.stats import (
     Estimate,
-    binomial_pvalue,
-    chi2_independence_pvalue,
     compare,
-    correlation_pvalue,
     fit_slope,
     log_factor_allowance,
     significance_test,
-    uniformity_pvalue,
 )
-
-PAIRS = 200
-
-
-def gate_statistics(sample, rng):
-    """p-values of the App. G.1 tests for N networks' (W_l, D_l, W_{l+1}):
-    binomial P(d = 1) = 1/2 (pooled), uniformity (KS) of chi-square independence p-values over random
-    pairs of entries, and Pearson correlations of T_D = frac(D_l = 1) with T_W = frac(W > 0) for
-    W = W_l (the paper's heuristic) and W = W_{l+1} (the weights D_l multiplies in J = ... W_{l+1} D_l ...)."""
-    w, d, w_next = sample
-    n_nets, n = d.shape
-    p_binom = binomial_pvalue(int(d.sum()), d.size, 0.5)
-    pairs = [rng.choice(n, 2, replace=False) for _ in range(PAIRS)]
-    p_chi = uniformity_pvalue([chi2_independence_pvalue(d[:, i], d[:, j]) for i, j in pairs])
-    t_d = d.mean(axis=1)
-    same = correlation_pvalue((w > 0).reshape(n_nets, -1).mean(axis=1), t_d)
-    following = correlation_pvalue((w_next > 0).reshape(n_nets, -1).mean(axis=1), t_d)
-    return p_binom, p_chi, same, following
-
 
 def layer_sample(n, layer, batch, eta, rng, device):
     """(W_l, D_l, W_{l+1}) at ``layer`` for ``batch`` networks with one shared input (as in the paper)."""
@@ -115,7 +92,7 @@ def _tests(pvals, sizes, label):
     n, layer, N = sizes
     sz = dict(n=n, layer=layer, N=N)
     return [significance_test(f"binomial P(d=1)=1/2 {label}", p_binom, n=N * n, sizes=sz),
-            significance_test(f"KS uniformity of {PAIRS} chi-square p-values {label}", p_chi, n=PAIRS,
+            significance_test(f"KS uniformity of {GATE_TEST_PAIRS} chi-square p-values {label}", p_chi, n=GATE_TEST_PAIRS,
                               sizes=sz),
             significance_test(f"corr(T_W(l+1), T_D(l)) = 0 {label}", p_next, n=N, sizes=sz,
                               note=f"r = {r:.3f}")]
@@ -128,7 +105,7 @@ def test_relu_gates_are_iid_fair_coins_independent_of_weights(sizes, rng, device
     for iid weights.  Negative control: the same Pearson test rejects (T_W(l), T_D(l)), which are
     dependent (see the printed check below)."""
     n, layer, N = sizes
-    pvals = gate_statistics(layer_sample(n, layer, N, 0.0, rng, device), np.random.default_rng(seed))
+    pvals = gate_test_pvalues(layer_sample(n, layer, N, 0.0, rng, device), np.random.default_rng(seed))
     for t in _tests(pvals, sizes, "(iid weights)"):
         verdict.check(t)
     r, p_same = pvals[2]
@@ -140,7 +117,7 @@ def test_relu_gates_are_iid_fair_coins_independent_of_weights(sizes, rng, device
 def test_gate_tests_reject_strongly_correlated_weights(sizes, rng, device, seed, verdict):
     """Negative control: the binomial and chi-square tests reject at eta = 0.9 (corr 0.45)."""
     n, layer, N = sizes
-    pvals = gate_statistics(layer_sample(n, layer, N, 0.9, rng, device), np.random.default_rng(seed))
+    pvals = gate_test_pvalues(layer_sample(n, layer, N, 0.9, rng, device), np.random.default_rng(seed))
     for t in _tests(pvals, sizes, "(eta = 0.9)")[:2]:
         verdict.reject(t)
 
@@ -155,7 +132,7 @@ def test_gate_tests_reject_strongly_correlated_weights(sizes, rng, device, seed,
 def test_printed_gates_independent_of_weights(sizes, rng, device, seed, verdict):
     """As printed (App. G.1.1, Fig. 7): no correlation between T_W = frac(W_l > 0) and T_D = frac(D_l = 1)."""
     n, layer, N = sizes
-    pvals = gate_statistics(layer_sample(n, layer, N, 0.0, rng, device), np.random.default_rng(seed))
+    pvals = gate_test_pvalues(layer_sample(n, layer, N, 0.0, rng, device), np.random.default_rng(seed))
     r, p_same = pvals[2]
     verdict.check(significance_test("corr(T_W(l), T_D(l)) = 0 as printed", p_same, n=N,
                                     sizes=dict(n=n, layer=layer, N=N), note=f"r = {r:.3f}"))
@@ -170,7 +147,7 @@ def test_printed_gates_independent_of_weights(sizes, rng, device, seed, verdict)
 def test_printed_weak_correlation_keeps_approximation(sizes, rng, device, seed, verdict):
     """As printed (App. G.1.2): 'With weak correlation (eta = 0.1) Approximation 1 is still a good approximation'."""
     n, layer, N = sizes
-    pvals = gate_statistics(layer_sample(n, layer, N, 0.1, rng, device), np.random.default_rng(seed))
+    pvals = gate_test_pvalues(layer_sample(n, layer, N, 0.1, rng, device), np.random.default_rng(seed))
     for t in _tests(pvals, sizes, "(eta = 0.1)")[:2]:
         verdict.check(t)
 

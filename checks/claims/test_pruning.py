@@ -5,25 +5,32 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from theorems.plugin import option
+from theorems.budget import PER_ASSERTION_RATE
 from theorems.ensembles import Ensemble, Pruning
 from theorems.experiments import (
+    STABILITY_THRESHOLD,
     bootstrap_crossing,
     coupled_log_norm_gap,
     depth_slope,
     log_norms_at,
     per_layer_slopes,
+    perturbed,
     pruned_slope_model_error,
 )
-from theorems.budget import PER_ASSERTION_RATE
-from theorems.profiles import product_flops
+from theorems.plugin import option, seed_for
+from theorems.profiles import Profile, product_flops
 from theorems.predictions import (
+    EDGE_DENSITY_VACUOUS_BELOW,
     edge_of_stability_density,
     lyapunov_exponents,
     magnitude_pruning_scale,
     random_pruning_scale,
 )
+from theorems.seeding import generator
+from theorems.spectral import log_spectral_norm, products_at
 from theorems.stats import Estimate, compare, compare_at_most, extrapolate, fit_slope, log_factor_allowance, mean_estimate
 
 GAP_DEPTH = 5
@@ -213,13 +220,12 @@ def test_wrong_scale_drifts_at_log_c_over_t(s, slope_window, rng, device, verdic
 
 # --- edge of stability -----------------------------------------------------------------------------
 
-THETA = 0.05  # 'broken': per-layer log-norm rate off by 0.05 (a factor e^-5 over 100 layers), or a collapse
 DEGREES = (1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 11.3)  # rho * n, scanned from sparse to dense
 
 
 def transition_density(n, batch, l1, l2, rng, device, seed):
     """log rho*(n): the density (1-s) at which the median per-layer slope of scaled randomly pruned
-    networks first departs from the unpruned one by THETA, scanning rho n over DEGREES from dense to
+    networks first departs from the unpruned one by STABILITY_THRESHOLD, scanning rho n over DEGREES from dense to
     sparse; bootstrap standard error over networks."""
     ref_ln = log_norms_at(Ensemble(n, l2, batch=batch), [l1, l2], rng, device)
     reference = per_layer_slopes(ref_ln[l1], ref_ln[l2], l1, l2)
@@ -230,7 +236,7 @@ def transition_density(n, batch, l1, l2, rng, device, seed):
         ln = log_norms_at(ens, [l1, l2], rng, device)
         samples.append(per_layer_slopes(ln[l1], ln[l2], l1, l2))
         collapsed.append(float(np.mean(np.isneginf(ln[l2]))))
-    est = bootstrap_crossing(rhos, samples, reference, THETA, np.random.default_rng(seed))
+    est = bootstrap_crossing(rhos, samples, reference, STABILITY_THRESHOLD, np.random.default_rng(seed))
     return est, dict(zip([round(r * n, 2) for r in rhos], collapsed))
 
 
@@ -246,10 +252,7 @@ def edge_sizes(profile):
 def edge_measurement(request, device):
     """Shared by the two edge checks (an xdist group keeps them on one worker); its seed is derived from
     the master seed and this fixture's name, so it does not depend on which check runs first."""
-    from theorems.profiles import Profile
-    from theorems.seeding import derive_seed, generator
-
-    seed = derive_seed(option(request.config, "seed"), "checks/claims/test_pruning.py::edge_measurement")
+    seed = seed_for(request, "::edge_measurement")
     rng = generator(seed, device)
     widths, batch, l1, l2 = Profile(option(request.config, "profile")).pick(*EDGE_SIZES)
     points = [transition_density(n, batch, l1, l2, rng, device, seed) for n in widths]
@@ -271,7 +274,7 @@ def test_transition_density_scales_like_one_over_n(edge_measurement, edge_sizes,
     missed with probability 0.19 at calibration seed 213.)"""
     widths, logs, ses, slope, collapses = edge_measurement
     _, batch, l1, l2 = edge_sizes
-    sizes = dict(widths=list(widths), B=batch, L1=l1, L2=l2, theta=THETA)
+    sizes = dict(widths=list(widths), B=batch, L1=l1, L2=l2, theta=STABILITY_THRESHOLD)
     verdict.note(rho_star_times_n=np.round(np.exp(logs) * np.array(widths), 3).tolist(),
                  collapse_fraction_by_degree=collapses)
     per_log_power = log_factor_allowance(widths, stderrs=ses)  # slope of log log n on log n, same points and weights
@@ -296,7 +299,7 @@ def test_sufficient_condition_is_conservative(edge_measurement, edge_sizes, verd
     _, batch, l1, l2 = edge_sizes
     bound = np.log([edge_of_stability_density(n) for n in widths])
     verdict.note(sufficient_density_over_rho_star=np.round(np.exp(bound - logs), 1).tolist(),
-                 sufficient_density=np.round(np.exp(bound), 2).tolist(), vacuous_below_width=VACUOUS_BELOW)
+                 sufficient_density=np.round(np.exp(bound), 2).tolist(), vacuous_below_width=EDGE_DENSITY_VACUOUS_BELOW)
     for n, lr, se, b in zip(widths, logs, ses, bound):
         verdict.check(compare_at_most(f"log rho*(n={n}) <= log(log^5 n / n) (sufficient condition)",
                                       Estimate(lr, se, math.inf, batch), b, sizes=dict(n=n, B=batch, L1=l1, L2=l2),
@@ -306,19 +309,9 @@ def test_sufficient_condition_is_conservative(edge_measurement, edge_sizes, verd
                            sizes=dict(n=widths[-1], B=batch, L1=l1, L2=l2)))
 
 
-#: log(n)^5 / n >= 1 (the sufficient density allows no pruning) for every width below this one (the root of
-#: 5 log log n = log n is n = 332,105).
-VACUOUS_BELOW = 332_105
 
 
 # --- property: scaled random pruning is stable at every sparsity with (1-s) n >= 32 -------------------
-
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-from theorems.experiments import perturbed  # noqa: E402
-from theorems.seeding import canonical_nodeid, derive_seed, generator  # noqa: E402
-from theorems.spectral import log_spectral_norm, products_at  # noqa: E402
-
 
 def coupled_slope_deviation(n, s, batch, l1, l2, gen, scale=None, device="cpu"):
     """Per-network (slope of log||J^B||) - (slope of log||J||) over [L1, L2], same W and gates; pruning scaled
@@ -336,16 +329,16 @@ def coupled_slope_deviation(n, s, batch, l1, l2, gen, scale=None, device="cpu"):
 @pytest.mark.statistical(8)  # one one-sided comparison per example, each at the per-assertion rate
 @settings(max_examples=8)
 @given(n=st.sampled_from([64, 128]), keep_degree=st.floats(32.0, 60.0))
-def test_scaled_random_pruning_is_stable_at_any_sparsity(request, n, keep_degree):
+def test_scaled_random_pruning_is_stable_at_any_sparsity(request, device, n, keep_degree):
     """For every sparsity with (1-s) n >= 32, the per-layer rate of the scaled pruned network stays within
-    THETA (the stability threshold of the edge-of-stability check) of the unpruned one: one-sided, the
-    interval's lower end must not exceed THETA.  Seeds derive from the master seed and the example."""
+    STABILITY_THRESHOLD (the stability threshold of the edge-of-stability check) of the unpruned one: one-sided, the
+    interval's lower end must not exceed STABILITY_THRESHOLD.  Seeds derive from the master seed and the example."""
     s = 1.0 - keep_degree / n
-    seed = derive_seed(option(request.config, "seed"), f"{canonical_nodeid(request.node.nodeid)}[{n},{keep_degree!r}]")
-    dev = coupled_slope_deviation(n, s, 16, 5, 25, generator(seed))
+    seed = seed_for(request, f"[{n},{keep_degree!r}]")
+    dev = coupled_slope_deviation(n, s, 16, 5, 25, generator(seed, device), device=device)
     cmp = compare_at_most("|Δ per-layer rate| of scaled pruning", mean_estimate(np.abs(dev)),
-                          THETA, sizes=dict(n=n, s=round(s, 4), B=16, L1=5, L2=25), seed=seed)
-    assert cmp.consistent, cmp.message("at most THETA")
+                          STABILITY_THRESHOLD, sizes=dict(n=n, s=round(s, 4), B=16, L1=5, L2=25), seed=seed)
+    assert cmp.consistent, cmp.message("at most STABILITY_THRESHOLD")
 
 
 @pytest.mark.claim("random-pruning-scaling")
@@ -355,7 +348,7 @@ def test_unscaled_pruning_fails_the_same_property(rng, device, verdict):
     n, s = 128, 0.75
     dev = coupled_slope_deviation(n, s, 16, 5, 25, rng, scale=1.0, device=device)
     verdict.reject(compare_at_most("|Δ per-layer rate| unscaled (negative control)",
-                                   mean_estimate(np.abs(dev)), THETA, sizes=dict(n=n, s=s, B=16, L1=5, L2=25)))
+                                   mean_estimate(np.abs(dev)), STABILITY_THRESHOLD, sizes=dict(n=n, s=s, B=16, L1=5, L2=25)))
 
 
 def work(profile) -> float:

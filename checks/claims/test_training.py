@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
+from theorems.experiments import gate_test_pvalues
 from theorems.ensembles import Ensemble, sample_weights
 from theorems.seeding import generator
 from theorems.profiles import training_flops
@@ -335,11 +336,9 @@ def test_printed_gates_still_fair_coins_after_training(profile, rng, device, see
     Approximation 2 is still a good approximation", read as its exact content: the gates at the training input are
     fair coins after training (binomial P(d=1) = 1/2).  Recorded: the same networks at init (must pass: the failure
     is training's), the chi-square pair-independence p-values' uniformity, the relative change of the weights."""
-    from checks.claims.test_gates import gate_statistics  # the approx-gates procedure
-
     n, layer, depth, nets, steps, lr = profile.pick(*TRAINED_GATES)["printed"]
     run = gates_after_training(n, layer, nets, lr, steps, rng, device, depth=depth)
-    p_binom, p_chi, _, _ = gate_statistics(run.sample, np.random.default_rng(seed))
+    p_binom, p_chi, _, _ = gate_test_pvalues(run.sample, np.random.default_rng(seed))
     sizes = dict(n=n, layer=layer, L=depth, N=nets, lr=lr, steps=steps, lr_times_t=lr * steps)
     verdict.note(shift=round(float(run.shift.mean()), 4), relative_weight_change=round(run.weight_change, 4),
                  binomial_p_at_init=binomial_pvalue(int(round(run.open_before.sum() * n)), nets * n, 0.5),

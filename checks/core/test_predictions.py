@@ -180,7 +180,7 @@ def test_random_scale_and_correlation():
     assert P.correlation_from_eta(1.0) == pytest.approx(0.5)
     assert P.critical_sigma2(0.5) == 2.0
     assert P.edge_of_stability_density(256) == pytest.approx(math.log(256) ** 5 / 256)
-    from checks.claims.test_pruning import VACUOUS_BELOW  # the sufficient density is >= 1 (vacuous) below it
+    VACUOUS_BELOW = P.EDGE_DENSITY_VACUOUS_BELOW  # the sufficient density is >= 1 (vacuous) below it
 
     assert P.edge_of_stability_density(VACUOUS_BELOW - 1) > 1 > P.edge_of_stability_density(VACUOUS_BELOW + 1)
 
