@@ -175,6 +175,29 @@ class Ensemble:
         """The gate keep probability p of the model (1/2 for ReLU, 1 without gates)."""
         return {"relu": 0.5, "bernoulli": self.keep_prob, "none": 1.0}[self.gates]
 
+    # --- the model's closed forms, so that a check states its model once (theorems.predictions) --------------------
+
+    def _iid_gaussian(self, what: str):
+        if self.pruning is not None or self.eta:
+            kind = "pruned" if self.pruning is not None else "correlated (eta > 0)"
+            raise ValueError(f"{what} is the closed form of iid Gaussian weights; this ensemble's weights are {kind}: "
+                             "use ens.with_(pruning=None, eta=0.0) for the unperturbed model's")
+
+    def lyapunov_exponents(self, k: int = 1):
+        """gamma_1..gamma_k(n, p, σ²) of this model (closed form 2; claims lyapunov, critical-init): exact at every
+        depth for Gaussian weights with Bernoulli(p) gates, none (p = 1) or ReLU gates (p = 1/2)."""
+        from .predictions import lyapunov_exponents
+
+        self._iid_gaussian("lyapunov_exponents")
+        return lyapunov_exponents(self.width, self.effective_keep_prob, self.sigma2, k)
+
+    def free_log_rate(self) -> float:
+        """½ log(σ² p): the n -> inf per-layer rate of log||J|| of this model (theorems.predictions.free_log_rate)."""
+        from .predictions import free_log_rate
+
+        self._iid_gaussian("free_log_rate")
+        return free_log_rate(self.sigma2, self.effective_keep_prob)
+
     def factors(self, generator: torch.Generator, *, device=None, dtype=torch.float64) -> Iterator[Factor]:
         """Stream the L factors ``W_l diag(d_{l-1})``, input side first."""
         n, b = self.width, self.batch

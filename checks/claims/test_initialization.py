@@ -9,9 +9,7 @@ from theorems.plugin import option
 from theorems.ensembles import Ensemble
 from theorems.experiments import depth_slope, log_norms_at, slope_model_error
 from theorems.predictions import (
-    free_log_rate,
     free_semicircular_product_norm2,
-    lyapunov_exponents,
     masked_product_edge,
 )
 from theorems.profiles import product_flops
@@ -38,11 +36,11 @@ def test_per_layer_rate_is_gamma1(gates, sigma2, depth_window, rng, device, verd
     For ReLU MLPs the same prediction holds exactly (the gates of a fresh layer are fair coins given the
     past, and a reflection across the activation direction maps the conditioned weights to Gaussian ones)."""
     n, l1, l2, b = depth_window
-    est = depth_slope(Ensemble(n, l2, sigma2=sigma2, gates=gates, batch=b), l1, l2, rng, device)
-    sizes = dict(n=n, L1=l1, L2=l2, B=b, gates=gates, sigma2=sigma2)
-    err = slope_model_error(n, l1, l2)
-    verdict.check(compare("per-layer slope of E log||J||", est,
-                          lyapunov_exponents(n, 0.5, sigma2, 1)[0], model_error=err, sizes=sizes))
+    ens = Ensemble(n, l2, sigma2=sigma2, gates=gates, batch=b)
+    verdict.sizes.update(n=n, L1=l1, L2=l2, B=b, gates=gates, sigma2=sigma2)
+    est = depth_slope(ens, l1, l2, rng, device)
+    verdict.check(compare("per-layer slope of E log||J||", est, ens.lyapunov_exponents(1)[0],
+                          model_error=slope_model_error(n, l1, l2)))
 
 
 #: Depths of the prefactor check and the two widths (n >> L) whose exponents bound the finite-width drift.
@@ -91,10 +89,11 @@ def test_norm_squared_grows_linearly_in_depth_at_criticality(rng, device, verdic
 def test_off_critical_variance_is_not_stable(gates, depth_window, rng, device, verdict):
     """Negative control: at σ² = 2.2 the same procedure rejects the critical rate gamma_1(n, 1/2, 2)."""
     n, l1, l2, b = depth_window
-    est = depth_slope(Ensemble(n, l2, sigma2=2.2, gates=gates, batch=b), l1, l2, rng, device)
+    ens = Ensemble(n, l2, sigma2=2.2, gates=gates, batch=b)
+    verdict.sizes.update(n=n, L1=l1, L2=l2, B=b, gates=gates)
+    est = depth_slope(ens, l1, l2, rng, device)
     verdict.reject(compare("slope at σ²=2.2 vs critical rate (negative control)", est,
-                           lyapunov_exponents(n, 0.5, 2.0, 1)[0], model_error=slope_model_error(n, l1, l2),
-                           sizes=dict(n=n, L1=l1, L2=l2, B=b, gates=gates)))
+                           ens.with_(sigma2=2.0).lyapunov_exponents(1)[0], model_error=slope_model_error(n, l1, l2)))
 
 
 @pytest.mark.claim("critical-init")
@@ -107,9 +106,10 @@ def test_printed_rate_L_times_half_sigma2_to_the_L(depth_window, rng, device, ve
     factor L), up to the finite-n offset |gamma_1 - ½log(σ²/2)| and Δ_n/span."""
     n, l1, l2, b = depth_window
     sigma2 = 4.0
-    est = depth_slope(Ensemble(n, l2, sigma2=sigma2, gates="relu", batch=b), l1, l2, rng, device)
+    ens = Ensemble(n, l2, sigma2=sigma2, gates="relu", batch=b)
+    est = depth_slope(ens, l1, l2, rng, device)
     printed = math.log(sigma2 / 2) + (math.log(l2) - math.log(l1)) / (l2 - l1)
-    err = slope_model_error(n, l1, l2) + abs(lyapunov_exponents(n, 0.5, sigma2, 1)[0] - free_log_rate(sigma2))
+    err = slope_model_error(n, l1, l2) + abs(ens.lyapunov_exponents(1)[0] - ens.free_log_rate())
     verdict.check(compare("per-layer slope vs printed log(σ²/2)", est, printed,
                           model_error=err, sizes=dict(n=n, L1=l1, L2=l2, B=b, sigma2=sigma2)))
 

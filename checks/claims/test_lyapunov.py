@@ -17,7 +17,7 @@ from theorems.experiments import (
     log_singular_values_at,
     qr_exponents,
 )
-from theorems.predictions import free_log_rate, lyapunov_exponents, resolvable_k
+from theorems.predictions import lyapunov_exponents, resolvable_k
 from theorems.profiles import product_flops, training_flops
 from theorems.seeding import generator
 from theorems.spectral import (
@@ -84,7 +84,7 @@ def test_qr_exponents_match_closed_form(n, p, sigma2, gates, sizes, controls, pr
     depth, batch = sizes
     ens = Ensemble(n, depth, sigma2=sigma2, gates=gates, keep_prob=p if gates == "bernoulli" else 0.5, batch=batch)
     est = qr_exponents(ens, k, rng, device)
-    pred = lyapunov_exponents(n, p, sigma2, k)
+    pred = ens.lyapunov_exponents(k)
     sizes = dict(n=n, p=p, sigma2=sigma2, gates=gates, L=depth, B=batch, k=k)
     for i in range(k):
         e = mean_estimate(est[:, i])
@@ -102,11 +102,11 @@ def test_log_image_norm_is_exactly_L_gamma1(L, gates, rng, device, verdict):
     """(1/L) E log||J u|| = gamma_1 for a uniformly random unit u at every finite L (no model error;
     :func:`image_norm_rate`).  Negative control: the infinite-width rate ½log(σ² p) is rejected at n = 48."""
     n, batch, sigma2 = 48, 6000, 2.0
-    rate = image_norm_rate(Ensemble(n, L, sigma2=sigma2, gates=gates, batch=batch), rng, device)
-    sizes = dict(n=n, L=L, B=batch, gates=gates)
-    verdict.check(compare("(1/L) E log||Ju||", rate, lyapunov_exponents(n, 0.5, sigma2, 1)[0], sizes=sizes))
-    verdict.reject(compare("(1/L) E log||Ju|| vs n->inf rate (negative control)", rate,
-                           free_log_rate(sigma2), sizes=sizes))
+    ens = Ensemble(n, L, sigma2=sigma2, gates=gates, batch=batch)
+    verdict.sizes.update(n=n, L=L, B=batch, gates=gates)
+    rate = image_norm_rate(ens, rng, device)
+    verdict.check(compare("(1/L) E log||Ju||", rate, ens.lyapunov_exponents(1)[0]))
+    verdict.reject(compare("(1/L) E log||Ju|| vs n->inf rate (negative control)", rate, ens.free_log_rate()))
 
 
 #: (p, n) of the finite-depth convergence check, its networks per depth (quick, full) and depths in units of n.
@@ -134,7 +134,7 @@ def test_singular_values_converge_with_first_order_correction(p, n, profile, rng
     # independent networks per depth: prefixes of the same products make the points correlated, and the fit's
     # chi^2 (E = 0.56 instead of 2 measured) could then hardly say whether a + b/L describes the data
     at = {L: log_singular_values_at(ens.with_(depth=L), [L], k, rng, device)[L] for L in FINITE_DEPTHS}
-    pred = lyapunov_exponents(n, p, sigma2, k)
+    pred = ens.lyapunov_exponents(k)
     sizes = dict(n=n, p=p, depths=list(FINITE_DEPTHS), B=batch, independent_per_depth=True)
     for i in range(k):
         ok = [bool(resolvable(torch.as_tensor(at[L]))[:, i].all()) for L in FINITE_DEPTHS]
@@ -178,7 +178,7 @@ def test_log_gaps_grow_linearly_at_the_exponent_gaps(p, n, profile, rng, device,
                    batch=batch)
     at = log_singular_values_at(ens, SEPARATION_DEPTHS, k + 1, rng, device)
     independent = log_singular_values_at(ens, SEPARATION_DEPTHS, k + 1, rng, device)
-    pred = lyapunov_exponents(n, p, sigma2, k + 2)
+    pred = ens.lyapunov_exponents(k + 2)
     l0, l1, l2 = SEPARATION_DEPTHS
     assert l1 - l0 == l2 - l1, "the bias bound compares windows of equal span"
     sizes = dict(n=n, p=p, depths=list(SEPARATION_DEPTHS), B=batch)
@@ -309,7 +309,7 @@ def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng
     sizes = dict(n=n, p=p, gates=gates, L=L, lengths=list(lengths), B=batch)
     _check_alignment_rates(verdict, rates, sizes)
     if gates == "none":
-        g = lyapunov_exponents(n, p, sigma2, 2)
+        g = ens.lyapunov_exponents(2)
         verdict.check(compare("slope of E log sin θ_1 vs -(gamma_1 - gamma_2)", rates["align"],
                               -(g[0] - g[1]), model_error=rates["align_error"], sizes=sizes))
 

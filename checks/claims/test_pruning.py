@@ -25,7 +25,6 @@ from theorems.profiles import Profile, product_flops
 from theorems.predictions import (
     EDGE_DENSITY_VACUOUS_BELOW,
     edge_of_stability_density,
-    lyapunov_exponents,
     magnitude_pruning_scale,
     random_pruning_scale,
 )
@@ -158,7 +157,7 @@ def test_unscaled_random_pruning_rate(s, gates, slope_window, rng, device, verdi
     n, l1, l2, b = slope_window
     ens = Ensemble(n, l2, gates=gates, batch=b, pruning=Pruning("random", s, 1.0))
     est = depth_slope(ens, l1, l2, rng, device)
-    g1 = lyapunov_exponents(n, 0.5, 2.0, 1)[0]
+    g1 = ens.with_(pruning=None).lyapunov_exponents(1)[0]  # the unpruned model's rate
     sizes = dict(n=n, L1=l1, L2=l2, B=b, s=s, gates=gates)
     err, rate = pruned_slope_model_error(ens, 0.5 * math.log(1 - s) + g1, l1, l2, rng, device,
                                          level_rate=PER_ASSERTION_RATE)
@@ -199,10 +198,10 @@ def test_wrong_scale_drifts_at_log_c_over_t(s, slope_window, rng, device, verdic
     n, l1, l2, b = slope_window
     t = magnitude_pruning_scale(n, s)
     c = random_pruning_scale(s)
-    g1 = lyapunov_exponents(n, 0.5, 2.0, 1)[0]
     sizes = dict(n=n, L1=l1, L2=l2, B=b, s=s, t=round(t, 5), c=round(c, 5))
     bound_rate = PER_ASSERTION_RATE / 2  # the two independent bounds share the test's second slot
     ens_c = Ensemble(n, l2, gates="relu", batch=b, pruning=Pruning("magnitude", s, c))
+    g1 = ens_c.with_(pruning=None).lyapunov_exponents(1)[0]  # the unpruned model's rate
     wrong = depth_slope(ens_c, l1, l2, rng, device)
     err_c, rate_c = pruned_slope_model_error(ens_c, g1 + math.log(c / t), l1, l2, rng, device, level_rate=bound_rate)
     verdict.check(compare("slope with scale c", wrong, g1 + math.log(c / t),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from theorems.ensembles import Ensemble
+from theorems.ensembles import Ensemble, Pruning
+from theorems.predictions import lyapunov_exponents
 from theorems.seeding import generator
 from theorems.spectral import jacobian_product
 from theorems.training import mlp_factors
@@ -92,3 +93,17 @@ def test_image_norm_rate_is_gamma1_for_gaussian_weights_and_offset_by_pruning(rn
     below = compare_below("image-norm rate, pruned (s = 0.9)", pruned, g1)
     assert below.consistent, below.message("significantly below gamma_1")
     assert -0.2 < pruned.value - g1 < 0, pruned
+
+
+def test_the_ensemble_states_its_model_once_for_the_closed_forms():
+    """Ensemble.lyapunov_exponents / free_log_rate are closed form 2 and ½ log(σ² p) at the model's own (n, p, σ²),
+    p = 1/2 for ReLU, 1 without gates; pruned or correlated weights have no such closed form: an error that says so."""
+    for gates, keep, p in (("bernoulli", 0.25, 0.25), ("relu", 0.5, 0.5), ("none", 0.5, 1.0)):
+        ens = Ensemble(160, 3, sigma2=1.5, gates=gates, keep_prob=keep)
+        assert np.array_equal(ens.lyapunov_exponents(3), lyapunov_exponents(160, p, 1.5, 3))
+        assert ens.free_log_rate() == 0.5 * math.log(1.5 * p)
+    with pytest.raises(ValueError, match="pruned"):
+        Ensemble(48, 3, pruning=Pruning("random", 0.5, 1.0)).lyapunov_exponents()
+    with pytest.raises(ValueError, match="correlated"):
+        Ensemble(48, 3, eta=0.1).free_log_rate()
+    assert Ensemble(48, 3, eta=0.1).with_(eta=0.0).free_log_rate() == 0.5 * math.log(1.0)
