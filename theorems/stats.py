@@ -134,6 +134,17 @@ def paired_slope(values_at_l1, values_at_l2, l1: int, l2: int) -> Estimate:
     return mean_estimate(per_layer_slopes(values_at_l1, values_at_l2, l1, l2))
 
 
+def extrapolation_power_gap(xs, values, stderrs, powers: tuple[float, float] = (0.5, 1.0)) -> float:
+    """``|a(p1) - a(p2)|``: how far the intercept of ``value = a + b x^(-p)`` (:func:`extrapolate`) moves between two
+    candidate leading finite-size powers, when theory does not fix the next-order term: the model error of an
+    extrapolation to x -> inf.  Evaluate it on data independent of the estimate it widens (claims free-limit,
+    stability-theorem)."""
+    p1, p2 = powers
+    if p1 == p2:
+        raise ValueError(f"powers must differ; got {powers}")
+    return abs(extrapolate(xs, values, stderrs, power=p1)[0].value - extrapolate(xs, values, stderrs, power=p2)[0].value)
+
+
 def extrapolate(xs, values, stderrs, power: float = 1.0) -> tuple[Estimate, Estimate, float]:
     """Weighted least-squares fit ``value = a + b * x^(-power)``; returns (a, b, p-value of fit).
 

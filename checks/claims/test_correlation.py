@@ -100,7 +100,7 @@ def test_threshold_scales_like_one_over_n(gates, sweep, profile, verdict):
     logs = np.array([t[0].value for t in points])
     ses = np.array([t[0].stderr for t in points])
     slope = fit_slope(np.log(widths), logs, ses)
-    sizes = dict(widths=list(widths), B=batch, L1=l1, L2=l2, gates=gates, theta=STABILITY_THRESHOLD)
+    verdict.sizes.update(widths=list(widths), B=batch, L1=l1, L2=l2, gates=gates, theta=STABILITY_THRESHOLD)
     per_log_power = log_factor_allowance(widths, stderrs=ses)
     verdict.note(corr_star_times_n=np.round(np.exp(logs) * np.array(widths), 3).tolist(),
                  log_corr_star_stderr=np.round(ses, 3).tolist(),
@@ -108,12 +108,12 @@ def test_threshold_scales_like_one_over_n(gates, sweep, profile, verdict):
                  effective_log_power=round((slope.value + 1) / per_log_power, 2),
                  theorem_bound_corr_times_n=[round(1 / math.log(n) ** 3, 4) for n in widths])
     verdict.check(compare("exponent of corr*(n)", slope, -1.0,
-                          model_error=LOG_POWER * per_log_power, sizes=sizes))
+                          model_error=LOG_POWER * per_log_power))
     controls = {"zero": ("exponent vs 0, a width-independent threshold (negative control)", 0.0),
                 "printed-bound": ("exponent vs the printed bound 1/(n log^3 n) as the threshold (negative control)",
                                   -1 - 3 * per_log_power)}
     for name, (statistic, wrong) in controls.items():
-        cmp = compare(statistic, slope, wrong, sizes=sizes)
+        cmp = compare(statistic, slope, wrong)
         if profile.full or (gates, name) in POWERED_IN_QUICK:
             verdict.reject(cmp)
         else:  # too little power at CPU widths (estimated miss probability in the record): measured, not asserted
@@ -139,16 +139,15 @@ def test_weak_correlation_keeps_iid_rate(gates, sweep, verdict):
     widths, batch, l1, l2, points = sweep
     n = widths[-1]
     _, samples, reference = points[-1]
-    sizes = dict(n=n, B=batch, L1=l1, L2=l2, gates=gates)
+    verdict.sizes.update(n=n, B=batch, L1=l1, L2=l2, gates=gates)
     ref = mean_estimate(reference)
 
     def diff(a):
         return type(a)(a.value - ref.value, math.hypot(a.stderr, ref.stderr), min(a.dof, ref.dof), a.n)
 
-    verdict.check(compare("slope(corr=1/(16n)) - slope(iid)", diff(mean_estimate(samples[0])), 0.0,
-                          sizes=sizes))
+    verdict.check(compare("slope(corr=1/(16n)) - slope(iid)", diff(mean_estimate(samples[0])), 0.0))
     verdict.reject(compare("slope(corr=16/n) - slope(iid) (negative control)",
-                           diff(mean_estimate(samples[-1])), 0.0, sizes=sizes))
+                           diff(mean_estimate(samples[-1])), 0.0))
 
 
 #: The paper's Fig. 5 (full §5.3): ReLU MLP of width 256, eta in {2^-8, 2^-7} = n^-1/2 x {1/16, 1/8}, depths up to 40.
@@ -165,7 +164,7 @@ def test_paper_fig5_small_eta_matches_iid_log_norm(profile, rng, device, verdict
     Bonferroni over the two etas and the depths.  Negative control: eta sqrt(n) = 4 (corr 16/n, far outside Thm 8's
     regime) is rejected at L = 40."""
     n, depths, batch = (FIG5[profile.name][k] for k in ("n", "depths", "batch"))
-    sizes = dict(n=n, depths=list(depths), B=batch, gates="relu")
+    verdict.sizes.update(n=n, depths=list(depths), B=batch, gates="relu")
 
     def log_norms(eta):
         return log_norms_at(Ensemble(n, depths[-1], gates="relu", batch=batch, eta=eta), depths, rng, device)
@@ -181,10 +180,10 @@ def test_paper_fig5_small_eta_matches_iid_log_norm(profile, rng, device, verdict
         corr = log_norms(c / math.sqrt(n))
         for L in depths:
             verdict.check(compare(f"E log||J_{L}||(eta = {c:g}/sqrt(n)) - iid", difference(corr, L),
-                                  0.0, sizes=sizes, family=family, note=f"eta = {c / math.sqrt(n):.4g}"))
+                                  0.0, family=family, note=f"eta = {c / math.sqrt(n):.4g}"))
     far = log_norms(4 / math.sqrt(n))
     verdict.reject(compare(f"E log||J_{depths[-1]}||(eta = 4/sqrt(n)) - iid (negative control)",
-                           difference(far, depths[-1]), 0.0, sizes=sizes))
+                           difference(far, depths[-1]), 0.0))
 
 
 def work(profile) -> float:

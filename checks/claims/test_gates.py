@@ -74,12 +74,11 @@ def test_gate_dependence_on_weights_vanishes_as_width_grows(profile, rng, device
     logs = [log_abs_covariance(*sign_balance_and_gate_fraction(n, layer, batch, rng, device)) for n in widths]
     slope = fit_slope(np.log(widths), [e.value for e in logs], [e.stderr for e in logs])
     allowance = log_factor_allowance(widths, stderrs=[e.stderr for e in logs])
-    sizes = dict(widths=list(widths), layer=layer, N=batch)
+    verdict.sizes.update(widths=list(widths), layer=layer, N=batch)
     verdict.note(per_gate_shift_per_sd=[round(2 * n * math.exp(e.value), 4) for n, e in zip(widths, logs)])
-    verdict.check(compare("exponent of cov(T_W(l), T_D(l)) in n", slope, -1.5, model_error=allowance,
-                          sizes=sizes))
+    verdict.check(compare("exponent of cov(T_W(l), T_D(l)) in n", slope, -1.5, model_error=allowance))
     verdict.reject(compare("exponent vs -1, a non-vanishing per-gate dependence (negative control)",
-                           slope, -1.0, model_error=allowance, sizes=sizes))
+                           slope, -1.0, model_error=allowance))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from theorems.predictions import (
     masked_product_edge,
 )
 from theorems.profiles import product_flops
-from theorems.stats import compare, extrapolate, fit_slope, mean_estimate
+from theorems.stats import compare, extrapolate, extrapolation_power_gap, fit_slope, mean_estimate
 
 
 DEPTH_WINDOW = ((96, 10, 250, 24), (512, 20, 620, 64))  # quick, full: n, L1, L2, B
@@ -75,13 +75,13 @@ def test_norm_squared_grows_linearly_in_depth_at_criticality(rng, device, verdic
     drift = fit_slope(np.log(depths), logs - logs_half, np.hypot(errs, errs_half))
     err = max(abs(v) for v in drift.interval()) / (math.sqrt(2) - 1)
     edge = fit_slope(np.log(depths), np.log([masked_product_edge(L, 0.5, 2.0) for L in depths])).value
-    sizes = dict(n=n, half_width=half, depths=list(depths), B=batch, sigma2=2.0, gates="relu")
+    verdict.sizes.update(n=n, half_width=half, depths=list(depths), B=batch, sigma2=2.0, gates="relu")
     verdict.check(compare("exponent of E||J||² in L at σ²=2", est, edge, model_error=err,
-                          sizes=sizes, note=f"drift from n={half}: {drift.value:.3f} ± {drift.stderr:.3f}"))
+                          note=f"drift from n={half}: {drift.value:.3f} ± {drift.stderr:.3f}"))
     verdict.reject(compare("exponent vs printed Θ(L) for ||J|| (2 for ||J||²; negative control)", est,
-                           2.0, model_error=err, sizes=sizes))
+                           2.0, model_error=err))
     verdict.reject(compare("exponent vs no depth prefactor (0; negative control)", est, 0.0,
-                           model_error=err, sizes=sizes))
+                           model_error=err))
 
 
 @pytest.mark.claim("critical-init")
@@ -136,8 +136,7 @@ def _edge_extrapolation(L, p, gates, widths, rng, device, batch, sigma2=None):
         means.append(est.value)
         ses.append(est.stderr)
     a23, _, pfit = extrapolate(widths, means, ses, power=2 / 3)
-    a1, _, _ = extrapolate(widths, means, ses, power=1.0)
-    return a23, abs(a23.value - a1.value), pfit, means
+    return a23, extrapolation_power_gap(widths, means, ses, powers=(2 / 3, 1.0)), pfit, means
 
 
 EDGE_CASES = {
@@ -161,12 +160,12 @@ def test_norm_squared_tends_to_the_free_edge(L, p, gates, batch, widths, profile
     negative control: the same extrapolation rejects lambda_max shifted by 10%."""
     a, model_err, pfit, means = _edge_extrapolation(L, p, gates, widths, rng, device, batch)
     edge = masked_product_edge(L, p, 1.0 / p)
-    sizes = dict(widths=list(widths), L=L, p=p, gates=gates, B=batch)
+    verdict.sizes.update(widths=list(widths), L=L, p=p, gates=gates, B=batch)
     verdict.check(compare("E||J||² extrapolated (n^-2/3)", a, edge, model_error=model_err,
-                          sizes=sizes, note=f"fit p-value {pfit:.3g}; finite-n means {np.round(means, 4).tolist()}"))
+                          note=f"fit p-value {pfit:.3g}; finite-n means {np.round(means, 4).tolist()}"))
     assert all(m < edge for m in means[-2:]), "finite-n values approach the edge from below"
     verdict.reject(compare("E||J||² vs 1.10 x edge (negative control)", a, 1.10 * edge,
-                           model_error=model_err, sizes=sizes))
+                           model_error=model_err))
 
 
 @pytest.mark.claim("free-limit", statement="semicircular-limit")

@@ -181,7 +181,7 @@ def test_log_gaps_grow_linearly_at_the_exponent_gaps(p, n, profile, rng, device,
     pred = ens.lyapunov_exponents(k + 2)
     l0, l1, l2 = SEPARATION_DEPTHS
     assert l1 - l0 == l2 - l1, "the bias bound compares windows of equal span"
-    sizes = dict(n=n, p=p, depths=list(SEPARATION_DEPTHS), B=batch)
+    verdict.sizes.update(n=n, p=p, depths=list(SEPARATION_DEPTHS), B=batch)
 
     def gap_slope(values, i, a, b):
         return mean_estimate(((values[b][:, i] - values[b][:, i + 1]) - (values[a][:, i] - values[a][:, i + 1]))
@@ -194,12 +194,12 @@ def test_log_gaps_grow_linearly_at_the_exponent_gaps(p, n, profile, rng, device,
                                     rate, l2 - l1)
         target = pred[i] - pred[i + 1]
         verdict.check(compare(f"slope of log(s_{i + 1}/s_{i + 2})", late, target,
-                              model_error=err, sizes=sizes, family=k))
+                              model_error=err, family=k))
         if i == 0:
             verdict.reject(compare("slope vs 0 (negative control)", late, 0.0,
-                                   model_error=err, sizes=sizes))
+                                   model_error=err))
             verdict.reject(compare("slope vs 2x gap (negative control)", late, 2 * target,
-                                   model_error=err, sizes=sizes))
+                                   model_error=err))
 
 
 # --- alignment --------------------------------------------------------------------------------------

@@ -30,7 +30,16 @@ from theorems.predictions import (
 )
 from theorems.seeding import generator
 from theorems.spectral import log_spectral_norm, products_at
-from theorems.stats import Estimate, compare, compare_at_most, extrapolate, fit_slope, log_factor_allowance, mean_estimate
+from theorems.stats import (
+    Estimate,
+    compare,
+    compare_at_most,
+    extrapolate,
+    extrapolation_power_gap,
+    fit_slope,
+    log_factor_allowance,
+    mean_estimate,
+)
 
 GAP_DEPTH = 5
 
@@ -68,15 +77,6 @@ def pytest_generate_tests(metafunc):
                                           for i in ids])
 
 
-def extrapolation_model_error(widths, vals, ses) -> float:
-    """Distance between the n^-1/2 and the n^-1 extrapolations to n -> inf (the leading finite-size power is not known
-    for every instance): evaluated on networks independent of the checked ones, so its noise does not borrow from
-    the estimate it widens."""
-    a_half, _, _ = extrapolate(widths, vals, ses, power=0.5)
-    a_one, _, _ = extrapolate(widths, vals, ses, power=1.0)
-    return abs(a_half.value - a_one.value)
-
-
 def gap_extrapolation(instance, widths, batch, rng, device):
     """Coupled gap E[log||J^B|| - log||J||] at depth 5 per width, extrapolated to n -> inf.
 
@@ -89,7 +89,9 @@ def gap_extrapolation(instance, widths, batch, rng, device):
 
     vals, ses = _gaps_by_width(widths, batch, rng, device, perturbation)
     a_half, _, _ = extrapolate(widths, vals, ses, power=0.5)
-    err = extrapolation_model_error(widths, *_gaps_by_width(widths, batch, rng, device, perturbation))
+    # the n^-1/2 vs n^-1 ambiguity (the leading finite-size power is not known for every instance), on independent
+    # networks so that its noise does not borrow from the estimate it widens
+    err = extrapolation_power_gap(widths, *_gaps_by_width(widths, batch, rng, device, perturbation), powers=(0.5, 1.0))
     return a_half, err, vals
 
 
@@ -130,7 +132,7 @@ def test_unscaled_random_pruning_gap_does_not_vanish(gap_widths, profile, rng, d
         return dict(pruning=Pruning("random", 0.5, 1.0))
 
     a, _, _ = extrapolate(gap_widths, *_gaps_by_width(gap_widths, batch, rng, device, unscaled), power=0.5)
-    err = extrapolation_model_error(gap_widths, *_gaps_by_width(gap_widths, batch, rng, device, unscaled))
+    err = extrapolation_power_gap(gap_widths, *_gaps_by_width(gap_widths, batch, rng, device, unscaled), powers=(0.5, 1.0))
     verdict.reject(compare("unscaled gap vs 0 (negative control)", a, 0.0,
                            model_error=err, sizes=dict(widths=list(gap_widths), L=GAP_DEPTH)))
 
@@ -158,14 +160,14 @@ def test_unscaled_random_pruning_rate(s, gates, slope_window, rng, device, verdi
     ens = Ensemble(n, l2, gates=gates, batch=b, pruning=Pruning("random", s, 1.0))
     est = depth_slope(ens, l1, l2, rng, device)
     g1 = ens.with_(pruning=None).lyapunov_exponents(1)[0]  # the unpruned model's rate
-    sizes = dict(n=n, L1=l1, L2=l2, B=b, s=s, gates=gates)
+    verdict.sizes.update(n=n, L1=l1, L2=l2, B=b, s=s, gates=gates)
     err, rate = pruned_slope_model_error(ens, 0.5 * math.log(1 - s) + g1, l1, l2, rng, device,
                                          level_rate=PER_ASSERTION_RATE)
     verdict.note(image_norm_rate_independent=[round(rate.value, 5), round(rate.stderr, 5)])
     verdict.check(compare("per-layer slope, unscaled", est, 0.5 * math.log(1 - s) + g1,
-                          model_error=err, sizes=sizes))
+                          model_error=err))
     verdict.reject(compare("slope vs exponent L-1 (negative control)", est,
-                           math.log(1 - s) + g1, model_error=err, sizes=sizes))
+                           math.log(1 - s) + g1, model_error=err))
 
 
 @pytest.mark.claim("magnitude-pruning-scaling")
@@ -198,23 +200,22 @@ def test_wrong_scale_drifts_at_log_c_over_t(s, slope_window, rng, device, verdic
     n, l1, l2, b = slope_window
     t = magnitude_pruning_scale(n, s)
     c = random_pruning_scale(s)
-    sizes = dict(n=n, L1=l1, L2=l2, B=b, s=s, t=round(t, 5), c=round(c, 5))
+    verdict.sizes.update(n=n, L1=l1, L2=l2, B=b, s=s, t=round(t, 5), c=round(c, 5))
     bound_rate = PER_ASSERTION_RATE / 2  # the two independent bounds share the test's second slot
     ens_c = Ensemble(n, l2, gates="relu", batch=b, pruning=Pruning("magnitude", s, c))
     g1 = ens_c.with_(pruning=None).lyapunov_exponents(1)[0]  # the unpruned model's rate
     wrong = depth_slope(ens_c, l1, l2, rng, device)
     err_c, rate_c = pruned_slope_model_error(ens_c, g1 + math.log(c / t), l1, l2, rng, device, level_rate=bound_rate)
     verdict.check(compare("slope with scale c", wrong, g1 + math.log(c / t),
-                          model_error=err_c, sizes=sizes))
+                          model_error=err_c))
     verdict.reject(compare("slope with c vs stable (negative control)", wrong, g1,
-                           model_error=err_c, sizes=sizes))
+                           model_error=err_c))
     ens_t = ens_c.with_(pruning=Pruning("magnitude", s, t))
     right = depth_slope(ens_t, l1, l2, rng, device)
     err_t, rate_t = pruned_slope_model_error(ens_t, g1, l1, l2, rng, device, level_rate=bound_rate)
     verdict.note(image_norm_rate_independent={"c": [round(rate_c.value, 5), round(rate_c.stderr, 5)],
                                               "t_n": [round(rate_t.value, 5), round(rate_t.stderr, 5)]})
-    verdict.check(compare("slope with scale t_n", right, g1, model_error=err_t,
-                          sizes=sizes))
+    verdict.check(compare("slope with scale t_n", right, g1, model_error=err_t))
 
 
 # --- edge of stability -----------------------------------------------------------------------------
@@ -273,15 +274,14 @@ def test_transition_density_scales_like_one_over_n(edge_measurement, edge_sizes,
     missed with probability 0.19 at calibration seed 213.)"""
     widths, logs, ses, slope, collapses = edge_measurement
     _, batch, l1, l2 = edge_sizes
-    sizes = dict(widths=list(widths), B=batch, L1=l1, L2=l2, theta=STABILITY_THRESHOLD)
+    verdict.sizes.update(widths=list(widths), B=batch, L1=l1, L2=l2, theta=STABILITY_THRESHOLD)
     verdict.note(rho_star_times_n=np.round(np.exp(logs) * np.array(widths), 3).tolist(),
                  collapse_fraction_by_degree=collapses)
     per_log_power = log_factor_allowance(widths, stderrs=ses)  # slope of log log n on log n, same points and weights
-    verdict.check(compare("exponent of rho*(n)", slope, -1.0, model_error=per_log_power,
-                          sizes=sizes))
-    verdict.reject(compare("exponent vs -1/2 (negative control)", slope, -0.5, sizes=sizes))
+    verdict.check(compare("exponent of rho*(n)", slope, -1.0, model_error=per_log_power))
+    verdict.reject(compare("exponent vs -1/2 (negative control)", slope, -0.5))
     verdict.reject(compare("exponent vs printed log^5(n)/n (negative control)", slope,
-                           5 * per_log_power - 1, sizes=sizes))
+                           5 * per_log_power - 1))
 
 
 @pytest.mark.claim("edge-of-stability")

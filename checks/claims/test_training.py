@@ -107,19 +107,18 @@ def test_change_over_horizon_shrinks_with_width(profile, rng, device, verdict):
     over its own horizon (∝ n steps) does not shrink, and the same comparison rejects."""
     widths, L, batch, c, kappa = profile.pick(*STAGNATION_SIZES)
     steps = int(kappa / c)
-    sizes = dict(widths=list(widths), L=L, B=batch, c=c, kappa=kappa, steps=steps)
+    verdict.sizes.update(widths=list(widths), L=L, B=batch, c=c, kappa=kappa, steps=steps)
     nbar = math.exp(np.mean(np.log(widths)))
     rate = -(1 + 1.5 / math.log(nbar))
     stag = [log_mean_estimate(max_log_norm_change(n, L, c / (n * math.log(n) ** 1.5), steps, batch, rng, device)[0])
             for n in widths]
     slope = secant_exponent(widths, stag)
     allowance = log_factor_allowance([widths[0], widths[-1]])
-    verdict.check(compare("exponent of max change in n", slope, rate, model_error=allowance,
-                          sizes=sizes))
+    verdict.check(compare("exponent of max change in n", slope, rate, model_error=allowance))
     fl = [log_mean_estimate(max_log_norm_change(n, L, 0.5 / n, n // 4, batch, rng, device)[0]) for n in widths]
     slope_fl = secant_exponent(widths, fl)
     verdict.reject(compare("exponent with lr = 1/(2n), n/4 steps (negative control)", slope_fl,
-                           rate, model_error=allowance, sizes=sizes))
+                           rate, model_error=allowance))
 
 
 # --- toy-descent (Thm 4, App. D) -------------------------------------------------------------------
@@ -179,9 +178,9 @@ def test_expected_A0_is_one(toy_sample, verdict):
     w, _ = toy_sample
     j = torch.prod(w, dim=1)
     a = (j * (j - TOY["alpha"])).numpy()
-    sizes = dict(L=TOY["L"], samples=len(a))
-    verdict.check(compare("E A_0", mean_estimate(a), 1.0, sizes=sizes))
-    verdict.reject(compare("E A_0 vs 0.9 (negative control)", mean_estimate(a), 0.9, sizes=sizes))
+    verdict.sizes.update(L=TOY["L"], samples=len(a))
+    verdict.check(compare("E A_0", mean_estimate(a), 1.0))
+    verdict.reject(compare("E A_0 vs 0.9 (negative control)", mean_estimate(a), 0.9))
 
 
 @pytest.mark.claim("toy-descent")
@@ -196,9 +195,9 @@ def test_squared_jacobian_decreases_after_one_step(toy_sample, verdict):
     est = mean_estimate(d1)
     err = 2 * abs(est.value - float(np.mean(d2)))
     pred = -1.0 * L * 3 ** (L - 1)
-    sizes = dict(L=L, N=TOY["N"], lr=lr, samples=len(d1))
-    verdict.check(compare("E[(J¹)²-(J⁰)²]/(2γ)", est, pred, model_error=err, sizes=sizes))
-    verdict.reject(compare("sign flipped (negative control)", est, -pred, model_error=err, sizes=sizes))
+    verdict.sizes.update(L=L, N=TOY["N"], lr=lr, samples=len(d1))
+    verdict.check(compare("E[(J¹)²-(J⁰)²]/(2γ)", est, pred, model_error=err))
+    verdict.reject(compare("sign flipped (negative control)", est, -pred, model_error=err))
 
 
 @pytest.mark.claim("toy-descent")
@@ -258,14 +257,13 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
     late = log_norm[-1] - log_norm[half]
     total = log_norm[-1] - log_norm[0]
     best = {lr: int(c) for lr, c in zip(grid, np.bincount(pick, minlength=len(grid)))}
-    sizes = dict(data=data, n=n, L=L, samples=samples, steps=steps, B=batch, networks_per_lr=best)
-    verdict.record(compare("final loss / initial loss", mean_estimate(loss[-1] / loss[0]),
-                           0.0, sizes=sizes))
+    verdict.sizes.update(data=data, n=n, L=L, samples=samples, steps=steps, B=batch, networks_per_lr=best)
+    verdict.record(compare("final loss / initial loss", mean_estimate(loss[-1] / loss[0]), 0.0))
     verdict.reject(compare_at_most("early change of log||J|| >= 0? (drop expected)",
                                    Estimate(-mean_estimate(early).value, mean_estimate(early).stderr, batch - 1, batch),
-                                   0.0, sizes=sizes))
+                                   0.0))
     verdict.check(compare_at_most("|late change| - 0.1 |total change|",
-                                  mean_estimate(np.abs(late) - 0.1 * np.abs(total)), 0.0, sizes=sizes))
+                                  mean_estimate(np.abs(late) - 0.1 * np.abs(total)), 0.0))
     # negative control: the same networks, each at 1/SLOW_FACTOR of its learning rate for the same steps, are not settled
     slow = train_mlp(ws, x, z, np.asarray(grid)[pick] / SLOW_FACTOR, steps, record_every=steps // 20).log_norm
     assert np.isfinite(slow).all(), f"a network diverged or died at 1/{SLOW_FACTOR} of its learning rate"
@@ -273,8 +271,7 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
     # per-assertion level; 4.5 at lr/10, 6.6 at lr/100): the 'settled' criterion itself has little power here
     verdict.record(compare_at_most(f"|late change| - 0.1 |total change| at lr/{SLOW_FACTOR} "
                                    "(negative control: not settled)",
-                                   mean_estimate(np.abs(slow[-1] - slow[half]) - 0.1 * np.abs(slow[-1] - slow[0])), 0.0,
-                                   sizes=sizes))
+                                   mean_estimate(np.abs(slow[-1] - slow[half]) - 0.1 * np.abs(slow[-1] - slow[0])), 0.0))
 
 
 # --- approx-trained-gates (Approx. 2) ---------------------------------------------------------------
@@ -309,19 +306,18 @@ def test_gate_shift_from_training_vanishes_as_width_grows(profile, rng, device, 
     for arm, rate in (("lr = c/n", lambda n: c / n), ("fixed lr", lambda n: lr_fixed)):
         runs = [gates_after_training(n, layer, batch, rate(n), steps, rng, device, shared_data=False) for n in widths]
         arms[arm] = secant_exponent(widths, [log_mean_estimate(r.shift) for r in runs]), runs
-    sizes = dict(widths=list(widths), layer=layer, B=batch, steps=steps, c=c, lr_fixed=lr_fixed)
+    verdict.sizes.update(widths=list(widths), layer=layer, B=batch, steps=steps, c=c, lr_fixed=lr_fixed)
     (scaled, runs), (fixed, fixed_runs) = arms["lr = c/n"], arms["fixed lr"]
     verdict.note(shift_lr_c_over_n=[round(float(r.shift.mean()), 4) for r in runs],
                  shift_fixed_lr=[round(float(r.shift.mean()), 4) for r in fixed_runs],
                  relative_weight_change_lr_c_over_n=[round(r.weight_change, 4) for r in runs])
     verdict.check(compare_below("exponent in n of the P(d=1) shift, lr = c/n (vanishes: < 0)",
-                                scaled, 0.0, sizes=sizes))
-    verdict.record(compare("exponent in n of the P(d=1) shift vs -1 (lr t scaling)", scaled,
-                           -1.0, sizes=sizes))
+                                scaled, 0.0))
+    verdict.record(compare("exponent in n of the P(d=1) shift vs -1 (lr t scaling)", scaled, -1.0))
     verdict.reject(compare("exponent in n of the P(d=1) shift at a fixed lr vs -1 (negative "
-                           "control: the lr = c/n law)", fixed, -1.0, sizes=sizes))
+                           "control: the lr = c/n law)", fixed, -1.0))
     verdict.record(compare_below("exponent in n of the P(d=1) shift at a fixed lr (does not "
-                                 "vanish: not below 0)", fixed, 0.0, sizes=sizes))
+                                 "vanish: not below 0)", fixed, 0.0))
 
 
 @pytest.mark.claim("approx-trained-gates", statement="finite-n-remarks")
@@ -339,12 +335,12 @@ def test_printed_gates_still_fair_coins_after_training(profile, rng, device, see
     n, layer, depth, nets, steps, lr = profile.pick(*TRAINED_GATES)["printed"]
     run = gates_after_training(n, layer, nets, lr, steps, rng, device, depth=depth)
     p_binom, p_chi, _, _ = gate_test_pvalues(run.sample, np.random.default_rng(seed))
-    sizes = dict(n=n, layer=layer, L=depth, N=nets, lr=lr, steps=steps, lr_times_t=lr * steps)
+    verdict.sizes.update(n=n, layer=layer, L=depth, N=nets, lr=lr, steps=steps, lr_times_t=lr * steps)
     verdict.note(shift=round(float(run.shift.mean()), 4), relative_weight_change=round(run.weight_change, 4),
                  binomial_p_at_init=binomial_pvalue(int(round(run.open_before.sum() * n)), nets * n, 0.5),
                  chi_square_pairs_uniformity_p=p_chi)
     verdict.check(significance_test("binomial P(d=1)=1/2 after training, as printed", p_binom,
-                                    n=nets * n, sizes=sizes))
+                                    n=nets * n))
 
 
 # --- balanced-dynamics (Haas Prop. 4.5) ----------------------------------------------------------------
@@ -377,11 +373,10 @@ def test_balance_drift_is_second_order_in_lr(profile, rng, device, verdict):
     s2 = (np.log(drifts[lr0 / 2]) - np.log(drifts[lr0 / 4])) / math.log(2)
     est = mean_estimate(s2)
     err = abs(est.value - float(np.mean(s1)))
-    sizes = dict(n=n, L=L, B=batch, lr=[lr0, lr0 / 2, lr0 / 4], time=time_)
-    verdict.check(compare("order of the drift in lr at fixed lr*steps", est, 1.0, model_error=err,
-                          sizes=sizes))
-    verdict.reject(compare("order 0 (negative control)", est, 0.0, model_error=err, sizes=sizes))
-    verdict.reject(compare("order 2 (negative control)", est, 2.0, model_error=err, sizes=sizes))
+    verdict.sizes.update(n=n, L=L, B=batch, lr=[lr0, lr0 / 2, lr0 / 4], time=time_)
+    verdict.check(compare("order of the drift in lr at fixed lr*steps", est, 1.0, model_error=err))
+    verdict.reject(compare("order 0 (negative control)", est, 0.0, model_error=err))
+    verdict.reject(compare("order 2 (negative control)", est, 2.0, model_error=err))
 
 
 def work(profile) -> float:

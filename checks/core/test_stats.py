@@ -16,6 +16,7 @@ from theorems.stats import (
     chi2_independence_pvalue,
     compare,
     extrapolate,
+    extrapolation_power_gap,
     fit_chi2_per_dof,
     fit_slope,
     log_factor_allowance,
@@ -309,3 +310,16 @@ def test_log_mean_estimate_delta_method():
     assert got.value == pytest.approx(math.log(3)) and got.stderr == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="non-zero mean"):
         log_mean_estimate(np.array([1.0, -1.0]))
+
+
+def test_extrapolation_power_gap_is_zero_only_when_the_powers_agree_on_the_intercept():
+    """Exact data a + b n^-1/2: the n^-1/2 intercept is a, the n^-1 one is not; their distance is the gap."""
+    n = np.array([32.0, 64, 128, 256])
+    y = 1.0 + 2.0 * n**-0.5
+    ses = np.full(n.size, 1e-3)
+    a_one = extrapolate(n, y, ses, power=1.0)[0].value
+    assert extrapolation_power_gap(n, y, ses, powers=(0.5, 1.0)) == pytest.approx(abs(1.0 - a_one), rel=1e-6)
+    assert abs(1.0 - a_one) > 0.05
+    assert extrapolation_power_gap(n, np.full(n.size, 3.0), ses) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="powers"):
+        extrapolation_power_gap(n, y, ses, powers=(1.0, 1.0))
