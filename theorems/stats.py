@@ -145,6 +145,17 @@ def extrapolation_power_gap(xs, values, stderrs, powers: tuple[float, float] = (
     return abs(extrapolate(xs, values, stderrs, power=p1)[0].value - extrapolate(xs, values, stderrs, power=p2)[0].value)
 
 
+def extrapolation_first_point_shift(xs, values, stderrs, power: float = 1.0) -> float:
+    """``|a(all points) - a(without the first)|`` of ``value = a + b x^(-power)`` (:func:`extrapolate`, the first point
+    the farthest from the limit): how much the intercept leans on the point where the omitted next-order term is
+    largest, a model error of the extrapolation (claim lyapunov's 1/L correction).  Evaluate it on data independent
+    of the estimate it widens."""
+    x, y, s = _as_array(xs), _as_array(values), _as_array(stderrs)
+    if x.size < 4:
+        raise ValueError(f"the first-point shift needs at least 4 points (3 remain); got {x.size}")
+    return abs(extrapolate(x, y, s, power=power)[0].value - extrapolate(x[1:], y[1:], s[1:], power=power)[0].value)
+
+
 def extrapolate(xs, values, stderrs, power: float = 1.0) -> tuple[Estimate, Estimate, float]:
     """Weighted least-squares fit ``value = a + b * x^(-power)``; returns (a, b, p-value of fit).
 

@@ -16,6 +16,7 @@ from theorems.stats import (
     chi2_independence_pvalue,
     compare,
     extrapolate,
+    extrapolation_first_point_shift,
     extrapolation_power_gap,
     fit_chi2_per_dof,
     fit_slope,
@@ -323,3 +324,14 @@ def test_extrapolation_power_gap_is_zero_only_when_the_powers_agree_on_the_inter
     assert extrapolation_power_gap(n, np.full(n.size, 3.0), ses) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="powers"):
         extrapolation_power_gap(n, y, ses, powers=(1.0, 1.0))
+
+
+def test_extrapolation_first_point_shift_vanishes_on_an_exact_law_and_sees_a_next_order_term():
+    L = np.array([24.0, 48, 96, 192])
+    ses = np.full(L.size, 1e-4)
+    exact = 0.3 + 1.5 / L
+    assert extrapolation_first_point_shift(L, exact, ses) == pytest.approx(0.0, abs=1e-9)
+    curved = exact + 20.0 / L**2  # an O(1/L²) rest moves the intercept when the shallowest depth is dropped
+    assert extrapolation_first_point_shift(L, curved, ses) > 1e-3
+    with pytest.raises(ValueError, match="at least 4"):
+        extrapolation_first_point_shift(L[:3], exact[:3], ses[:3])
