@@ -97,6 +97,68 @@ def pytest_addoption(parser):
         group.addoption(f"--theorems-{name}", dest=dest(name), **spec)
 
 
+#: xdist workers per GPU with ``-n auto`` on a CUDA machine.  Not yet measured on a GPU (issue 15): 2 keeps one
+#: worker's host-side work (sampling setup, numpy statistics) overlapping the other's kernels.
+WORKERS_PER_GPU = 2
+
+
+def visible_gpus(allowed: str | None, count: int) -> list[str]:
+    """The GPUs a run may use: the caller's ``CUDA_VISIBLE_DEVICES`` entries when set (an empty value: none), else
+    ``0 .. count-1``."""
+    if allowed is not None:
+        return [d.strip() for d in allowed.split(",") if d.strip()]
+    return [str(i) for i in range(count)]
+
+
+def gpu_for_worker(worker: str, allowed: str | None, count: int) -> str | None:
+    """The ``CUDA_VISIBLE_DEVICES`` an xdist worker ``gwN`` is pinned to: round-robin over :func:`visible_gpus`, so
+    worker N gets GPU N mod (number of GPUs); None without GPUs.  Which GPU runs a check never changes a number
+    (seeds come from node ids)."""
+    gpus = visible_gpus(allowed, count)
+    if not gpus:
+        return None
+    if not (worker.startswith("gw") and worker[2:].isdigit()):
+        raise ValueError(f"worker must be an xdist worker id 'gw<N>'; got {worker!r}")
+    return gpus[int(worker[2:]) % len(gpus)]
+
+
+def _cuda_count() -> int:
+    """GPUs present, without creating a CUDA context where torch can ask NVML (so a later pin still applies)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.backends.cuda.is_built() else 0
+
+
+def _pin_worker_to_gpu(config):
+    """Before CUDA initialises in an xdist worker, restrict it to one GPU (:func:`gpu_for_worker`)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker or option(config, "device") == "cpu":
+        return
+    allowed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    pin = gpu_for_worker(worker, allowed, 0 if allowed is not None else _cuda_count())
+    if pin is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = pin
+        config._theorems_gpu = pin
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` on a CUDA machine: WORKERS_PER_GPU workers per visible GPU (on a CPU: xdist's own choice)."""
+    if option(config, "device") == "cpu":
+        return None
+    gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), _cuda_count())
+    return WORKERS_PER_GPU * len(gpus) if gpus else None
+
+
+def device_label(config) -> str:
+    """Where this process samples, for the report: 'cpu', or 'cuda:<CUDA_VISIBLE_DEVICES> <name>'."""
+    if config._theorems_device != "cuda":
+        return "cpu"
+    import torch
+
+    return f"cuda:{os.environ.get('CUDA_VISIBLE_DEVICES', '0')} {torch.cuda.get_device_name()}"
+
+
 def _device(config) -> str:
     """The device checks sample on; 'auto' is resolved without importing torch when CUDA cannot be there."""
     choice = option(config, "device")
@@ -126,6 +188,7 @@ def pytest_configure(config):
     from .reporting import ReportPlugin, validate_options
 
     validate_options(config)
+    _pin_worker_to_gpu(config)
     config._theorems_device = _device(config)
     if config._theorems_device == "cuda":
         import torch
@@ -195,6 +258,8 @@ def _theorems_tag_claims(request, seed):
     item.user_properties.append(("printed", item.get_closest_marker("printed") is not None))
     item.user_properties.append(("erratum", item.get_closest_marker("erratum") is not None))
     item.user_properties.append(("seed", seed))
+    if request.config._theorems_device != "cpu":  # which GPU ran it (never changes a number)
+        item.user_properties.append(("device", device_label(request.config)))
     mark = item.get_closest_marker("statistical")
     if mark is not None:
         item.user_properties.append(("statistical_slots", int(mark.args[0])))

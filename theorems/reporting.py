@@ -277,6 +277,8 @@ class ReportPlugin:
                     self.claim_texts.setdefault(cid, text)
             elif key == "seed":
                 entry["seed"] = value
+            elif key == "device":
+                entry["device"] = value
             elif key == "statistical_slots":
                 entry["statistical_slots"] = value
             elif key == "theorems" and report.when == "call":

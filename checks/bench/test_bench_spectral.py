@@ -84,6 +84,16 @@ def test_bench_lyapunov_qr(benchmark, layers, device, sizes):
     benchmark.extra_info.update(ratio_to_full_product=benchmark.stats.stats.min / floor)
 
 
+def test_bench_cholesky_qr2_vs_householder_lyapunov(benchmark, layers, device, sizes):
+    """QR Lyapunov (k = 64) with CholeskyQR2 (the CUDA path) against torch.linalg.qr (Householder) on the same
+    layers, measured in the same run (issue 15: batched Householder loops over the batch on CUDA)."""
+    k = min(64, sizes["n"])
+    g = generator(5, device)
+    householder = _time(lambda: lyapunov_qr(layers, k, g, qr="householder"), device, 3)
+    benchmark(lambda: (lyapunov_qr(layers, k, g, qr="cholesky2"), _sync(device)))
+    benchmark.extra_info.update(k=k, householder_s=householder, cholesky2_over_householder=benchmark.stats.stats.min / householder)
+
+
 @pytest.mark.parametrize("kind", ["random", "magnitude"])
 def test_bench_masks(benchmark, kind, device, sizes):
     """Mask generation per layer (magnitude: per-layer top-r selection by kthvalue)."""

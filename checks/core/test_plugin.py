@@ -75,3 +75,14 @@ def test_importing_the_plugin_does_not_import_torch():
     code = "import sys, theorems.plugin; assert 'torch' not in sys.modules, 'torch imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_xdist_workers_are_pinned_round_robin_to_the_gpus_the_caller_allowed():
+    from theorems.plugin import gpu_for_worker, visible_gpus
+
+    assert [gpu_for_worker(f"gw{i}", None, 2) for i in range(5)] == ["0", "1", "0", "1", "0"]
+    assert [gpu_for_worker(f"gw{i}", "3,5,7", 8) for i in range(4)] == ["3", "5", "7", "3"]  # the caller's choice
+    assert gpu_for_worker("gw0", None, 0) is None and gpu_for_worker("gw1", "", 4) is None  # none: stay on the CPU
+    assert visible_gpus(" 2, 4 ", 8) == ["2", "4"]
+    with pytest.raises(ValueError, match="gw<N>"):
+        gpu_for_worker("master", None, 1)

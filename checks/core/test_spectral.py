@@ -11,6 +11,7 @@ from theorems.ensembles import Ensemble, Factor, Pruning, haar_frame
 from theorems.predictions import free_log_rate, lyapunov_exponents
 from theorems.seeding import generator
 from theorems.spectral import (
+    cholesky_qr2,
     jacobian_product,
     krylov_log_spectral_norm,
     log_norm_of_image,
@@ -215,3 +216,28 @@ def test_coupled_products_do_not_retain_past_layers(monkeypatch, rng):
     monkeypatch.setattr(experiments, "_coupled_correlated_factors", watched)
     out = experiments.correlated_log_norms_at(Ensemble(8, 12, batch=2), [0.0, 0.3], [3, 12], rng)
     assert len(alive) == 12 and all(np.isfinite(x[12]).all() for x in out)
+
+
+def test_cholesky_qr2_matches_householder_and_falls_back_on_ill_conditioned_blocks():
+    """CholeskyQR2 (the CUDA path of lyapunov_qr) gives Householder's |diag R| and an orthonormal Q; an
+    ill-conditioned block (cond 1e12: CholeskyQR2 would lose orthogonality) falls back to Householder exactly."""
+    g = generator(5)
+    x = torch.randn(8, 64, 6, generator=g, dtype=torch.float64)
+    q, r = cholesky_qr2(x)
+    q_h, r_h = torch.linalg.qr(x)
+    assert torch.allclose(q @ r, x, atol=1e-12) and torch.allclose(q.mT @ q, torch.eye(6, dtype=torch.float64), atol=1e-13)
+    assert torch.allclose(torch.diagonal(r, dim1=-2, dim2=-1), torch.diagonal(r_h, dim1=-2, dim2=-1).abs(), rtol=1e-12)
+    u, _, vt = torch.linalg.svd(x, full_matrices=False)
+    bad = u @ torch.diag_embed(torch.logspace(0, -12, 6, dtype=torch.float64)) @ vt
+    q_bad, r_bad = cholesky_qr2(bad)
+    q_ref, r_ref = torch.linalg.qr(bad)
+    assert torch.equal(q_bad, q_ref) and torch.equal(r_bad, r_ref)
+
+
+def test_lyapunov_qr_methods_agree():
+    factors = list(Ensemble(32, 20, sigma2=2.0, gates="bernoulli", batch=4).factors(generator(6)))
+    est = {m: lyapunov_qr(factors, 5, generator(7), qr=m).log_r for m in ("householder", "cholesky2", "auto")}
+    assert torch.allclose(est["cholesky2"], est["householder"], rtol=0, atol=1e-11)
+    assert torch.equal(est["auto"], est["householder"])  # on the CPU auto is Householder: the suite's numbers
+    with pytest.raises(ValueError, match="qr must be one of"):
+        lyapunov_qr(factors, 5, generator(7), qr="givens")
