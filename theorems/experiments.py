@@ -39,6 +39,7 @@ from .stats import (
 
 __all__ = [
     "gate_test_pvalues",
+    "pruning_departure_sweep",
     "GATE_TEST_PAIRS",
     "STABILITY_THRESHOLD",
     "log_norms_at",
@@ -251,6 +252,24 @@ def crossing(xs: Sequence[float], deviation: Sequence[float], theta: float) -> f
     d0, d1 = d[i - 1], min(d[i], 10 * theta)
     frac = (theta - d0) / (d1 - d0)
     return float(np.exp(np.log(xs[i - 1]) + frac * (np.log(xs[i]) - np.log(xs[i - 1]))))
+
+
+def pruning_departure_sweep(n: int, batch: int, l1: int, l2: int, densities: Sequence[float], gen, device="cpu"):
+    """The edge-of-stability sweep (claim edge-of-stability): per-layer slopes of log||J|| over [l1, l2] of ``batch``
+    unpruned networks (the reference, drawn first) and of ``batch`` scaled randomly pruned networks at each density
+    1-s in ``densities`` (in that order; scale (1-s)^-1/2), and the fraction of each density's networks collapsed
+    (J = 0) at l2.  Returns (reference, samples, collapsed)."""
+    from .predictions import random_pruning_scale
+
+    ref = log_norms_at(Ensemble(n, l2, batch=batch), [l1, l2], gen, device)
+    reference = per_layer_slopes(ref[l1], ref[l2], l1, l2)
+    samples, collapsed = [], []
+    for rho in densities:
+        ens = Ensemble(n, l2, batch=batch, pruning=Pruning("random", 1 - rho, random_pruning_scale(1 - rho)))
+        ln = log_norms_at(ens, [l1, l2], gen, device)
+        samples.append(per_layer_slopes(ln[l1], ln[l2], l1, l2))
+        collapsed.append(float(np.mean(np.isneginf(ln[l2]))))
+    return reference, samples, collapsed
 
 
 def bootstrap_crossing(xs, samples: Sequence[np.ndarray], reference: np.ndarray, theta: float,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .ensembles import Ensemble, Pruning
-from .experiments import alignment_profile, log_norms_at, log_singular_values_at, per_layer_slopes, qr_exponents
+from .experiments import alignment_profile, log_norms_at, log_singular_values_at, qr_exponents
 from .predictions import (
     edge_of_stability_density,
     lyapunov_exponents,
@@ -165,23 +165,18 @@ def fig_edge_of_stability(out, sizes, seed, device):
     widths, b, l1, l2 = sizes["edge_widths"], sizes["B"], 5, 45
     degrees = (1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 11.3, 16.0)
     g = generator(derive_seed(seed, "fig_edge"), device)
-    from .experiments import crossing
+    from .experiments import STABILITY_THRESHOLD, crossing, pruning_departure_sweep
+    from .predictions import EDGE_DENSITY_VACUOUS_BELOW
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     stars = []
     for n in widths:
-        ref = log_norms_at(Ensemble(n, l2, batch=b), [l1, l2], g, device)
-        r0 = np.median(per_layer_slopes(ref[l1], ref[l2], l1, l2))
-        dev = []
-        for d in degrees:
-            rho = d / n
-            ln = log_norms_at(Ensemble(n, l2, batch=b, pruning=Pruning("random", 1 - rho, random_pruning_scale(1 - rho))),
-                              [l1, l2], g, device)
-            dev.append(np.median(per_layer_slopes(ln[l1], ln[l2], l1, l2)) - r0)
-        stars.append(crossing(list(reversed(degrees)), list(reversed(dev)), 0.05) / n)
+        reference, samples, _ = pruning_departure_sweep(n, b, l1, l2, [d / n for d in degrees], g, device)
+        dev = [np.median(s) - np.median(reference) for s in samples]
+        stars.append(crossing(list(reversed(degrees)), list(reversed(dev)), STABILITY_THRESHOLD) / n)
         dev = np.maximum(np.abs(np.array(dev)), 1e-4)
         ax[0].plot(degrees, np.where(np.isfinite(dev), dev, 10.0), "o-", label=f"n={n}")
-    ax[0].axhline(0.05, color="k", ls=":", label="threshold 0.05 per layer")
+    ax[0].axhline(STABILITY_THRESHOLD, color="k", ls=":", label=f"threshold {STABILITY_THRESHOLD} per layer")
     ax[0].set_xscale("log")
     ax[0].xaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
     ax[0].xaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
@@ -191,13 +186,13 @@ def fig_edge_of_stability(out, sizes, seed, device):
     ax[0].legend(fontsize=7)
     ns = np.geomspace(16, 4096, 50)
     ax[1].plot(ns, [edge_of_stability_density(int(v)) for v in ns], label="log(n)^5/n (Thm 5, sufficient)")
-    ax[1].plot(widths, stars, "o", label="measured transition ρ*(n) (left panel, threshold 0.05)")
+    ax[1].plot(widths, stars, "o", label=f"measured transition ρ*(n) (left panel, threshold {STABILITY_THRESHOLD})")
     ax[1].plot(ns, np.exp(np.mean(np.log(np.array(stars) * np.array(widths)))) / ns, ":", label="c/n through the points")
     ax[1].axhline(1.0, color="k", ls=":", lw=0.8)
     ax[1].set(xscale="log", yscale="log", xlabel="width n", ylabel="density 1-s", title="edge of stability")
     ax[1].legend(fontsize=7)
     _caption(fig, f"gated model p=½, σ²=2, {b} networks, slope over depths {l1}-{l2}; seed {seed}. "
-                  "log(n)^5/n exceeds 1 for every n below ~10^9.")
+                  f"log(n)^5/n exceeds 1 (allows no pruning) for every n below {EDGE_DENSITY_VACUOUS_BELOW:,}.")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(out / "edge_of_stability.png", dpi=110)
     plt.close(fig)

@@ -15,10 +15,10 @@ from theorems.experiments import (
     bootstrap_crossing,
     coupled_log_norm_gap,
     depth_slope,
-    log_norms_at,
     per_layer_slopes,
     perturbed,
     pruned_slope_model_error,
+    pruning_departure_sweep,
 )
 from theorems.plugin import option, seed_for
 from theorems.profiles import Profile, product_flops
@@ -227,15 +227,8 @@ def transition_density(n, batch, l1, l2, rng, device, seed):
     """log rho*(n): the density (1-s) at which the median per-layer slope of scaled randomly pruned
     networks first departs from the unpruned one by STABILITY_THRESHOLD, scanning rho n over DEGREES from dense to
     sparse; bootstrap standard error over networks."""
-    ref_ln = log_norms_at(Ensemble(n, l2, batch=batch), [l1, l2], rng, device)
-    reference = per_layer_slopes(ref_ln[l1], ref_ln[l2], l1, l2)
-    samples, collapsed = [], []
     rhos = [d / n for d in reversed(DEGREES)]
-    for rho in rhos:
-        ens = Ensemble(n, l2, batch=batch, pruning=Pruning("random", 1 - rho, random_pruning_scale(1 - rho)))
-        ln = log_norms_at(ens, [l1, l2], rng, device)
-        samples.append(per_layer_slopes(ln[l1], ln[l2], l1, l2))
-        collapsed.append(float(np.mean(np.isneginf(ln[l2]))))
+    reference, samples, collapsed = pruning_departure_sweep(n, batch, l1, l2, rhos, rng, device)
     est = bootstrap_crossing(rhos, samples, reference, STABILITY_THRESHOLD, np.random.default_rng(seed))
     return est, dict(zip([round(r * n, 2) for r in rhos], collapsed))
 
