@@ -48,6 +48,9 @@ def render_claims_doc() -> str:
     lines += ["", "## Models", "", inspect.cleandoc(ensembles.__doc__), "", "## Closed forms", ""]
     for name in predictions.__all__:
         fn = getattr(predictions, name)
+        if not callable(fn):  # a constant: its value (documented next to the function that uses it)
+            lines += [f"### `{name} = {fn!r}`", ""]
+            continue
         lines += [f"### `{name}{inspect.signature(fn)}`", "", inspect.cleandoc(fn.__doc__ or ""), ""]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -22,6 +22,7 @@ from .predictions import (
     masked_product_edge,
     random_pruning_scale,
 )
+from .profiles import Sizes
 from .seeding import derive_seed, generator
 from .training import trained_fixed_gates_network
 
@@ -284,12 +285,12 @@ def fig_training(out, sizes, seed, device):
     plt.close(fig)
 
 
-SIZES = {
-    "quick": dict(n=128, depths=[1, 5, 10, 20, 40, 60, 80, 100], B=8, edge_widths=(32, 64, 128), train=(32, 4, 8, 200),
-                  align_train=(70, 16, 150, 256)),
-    "full": dict(n=256, depths=[1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], B=32, edge_widths=(64, 128, 256, 512),
-                 train=(256, 8, 8, 2000), align_train=(100, 32, 400, 512)),
-}
+SIZES = Sizes(
+    quick=dict(n=128, depths=[1, 5, 10, 20, 40, 60, 80, 100], B=8, edge_widths=(32, 64, 128), train=(32, 4, 8, 200),
+               align_train=(70, 16, 150, 256)),
+    full=dict(n=256, depths=[1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], B=32, edge_widths=(64, 128, 256, 512),
+              train=(256, 8, 8, 2000), align_train=(100, 32, 400, 512)),
+)
 
 FIGURES = [fig_norm_vs_depth, fig_random_pruning, fig_magnitude_pruning, fig_correlation, fig_edge_of_stability,
            fig_lyapunov, fig_alignment, fig_training]
@@ -300,7 +301,7 @@ def write_figures(out, profile: str = "quick", seed: int = 0, device: str = "cpu
     out.mkdir(parents=True, exist_ok=True)
     for fig in FIGURES:
         progress(f"figure {fig.__name__[4:]} ...")
-        fig(out, SIZES[profile], seed, device)
+        fig(out, SIZES.of(profile), seed, device)
     return sorted(out.glob("*.png"))
 
 

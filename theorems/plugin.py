@@ -179,6 +179,8 @@ MARKERS = (
     "errata, it does not refute the claim",
     "statistical(k): the test asserts k random outcomes outside the verdict recorder, each at the suite's "
     "per-assertion rate (theorems.budget)",
+    "parametrize_by_profile(argnames, table, ids=None): parametrize by the run profile's rows of a "
+    "theorems.profiles.Sizes table (ids: a list, or a function of a row)",
 )
 
 
@@ -210,6 +212,15 @@ def _threads_per_worker():
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
+
+
+def pytest_generate_tests(metafunc):
+    """``@pytest.mark.parametrize_by_profile(argnames, table, ids=None)``: the rows of ``table.of(profile)``."""
+    for mark in metafunc.definition.iter_markers("parametrize_by_profile"):
+        argnames, table = mark.args
+        rows = list(table.of(option(metafunc.config, "profile")))
+        ids = mark.kwargs.get("ids")
+        metafunc.parametrize(argnames, rows, ids=[ids(r) for r in rows] if callable(ids) else ids)
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-__all__ = ["Profile", "product_flops", "training_flops", "SAMPLE_FLOPS", "ACHIEVED_FRACTION", "gemm_rate"]
+__all__ = ["Profile", "Sizes", "Window", "WidthSweep", "product_flops", "training_flops", "SAMPLE_FLOPS",
+           "ACHIEVED_FRACTION", "gemm_rate"]
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,37 @@ class Profile:
         return self.name == "full"
 
     def pick(self, quick, full):
-        """The quick or the full value, by profile."""
+        """The quick or the full value, by profile (``profile.pick(*TABLE)`` for a :class:`Sizes` table)."""
         return full if self.full else quick
+
+
+class Sizes(NamedTuple):
+    """A family's size table: its quick row and its full row, each a NamedTuple naming its fields (or a list of such
+    rows for ``@pytest.mark.parametrize_by_profile``).  ``TABLE.of(profile)`` is the run's row."""
+
+    quick: Any
+    full: Any
+
+    def of(self, profile: Profile | str) -> Any:
+        return getattr(self, profile.name if isinstance(profile, Profile) else Profile(profile).name)
+
+
+class Window(NamedTuple):
+    """The depth window of per-layer slope checks: width n, depths L1 < L2, networks B."""
+
+    n: int
+    l1: int
+    l2: int
+    batch: int
+
+
+class WidthSweep(NamedTuple):
+    """A sweep over widths: the widths, networks per ensemble, and the depth window L1 < L2 of the slopes."""
+
+    widths: tuple
+    batch: Any
+    l1: int
+    l2: int
 
 
 # --- cost model (the CPU time estimate of ``--profile full``, conftest.py) -----------------------------------------

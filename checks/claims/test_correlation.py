@@ -10,14 +10,14 @@ from theorems.plugin import option, seed_for
 from theorems.ensembles import Ensemble
 from theorems.experiments import STABILITY_THRESHOLD, bootstrap_crossing, correlated_log_norms_at, log_norms_at, per_layer_slopes
 from theorems.predictions import correlation_from_eta
-from theorems.profiles import Profile, product_flops
+from theorems.profiles import Profile, Sizes, WidthSweep, product_flops
 from theorems.seeding import generator
 from theorems.stats import compare, fit_chi2_per_dof, fit_slope, log_factor_allowance, mean_estimate
 
 C_GRID = (0.25, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)  # eta * sqrt(n)
 # quick, full: widths, networks per ensemble {gated, ReLU}, depth window L1, L2
-SIZES = (((12, 24, 48, 96, 192), dict(bernoulli=96, relu=256), 3, 23),
-         ((32, 64, 128, 256, 512), dict(bernoulli=96, relu=384), 5, 45))
+SIZES = Sizes(quick=WidthSweep(widths=(12, 24, 48, 96, 192), batch=dict(bernoulli=96, relu=256), l1=3, l2=23),
+              full=WidthSweep(widths=(32, 64, 128, 256, 512), batch=dict(bernoulli=96, relu=384), l1=5, l2=45))
 
 
 def threshold(gates, n, batch, l1, l2, rng, device, seed):

@@ -1,6 +1,7 @@
 """approx-gates (full Approximation 1, App. G.1): ReLU gates behave as iid Bernoulli(1/2), independent of W."""
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from theorems.ensembles import Ensemble, sample_weights
 from theorems.experiments import GATE_TEST_PAIRS, chunks, gate_test_pvalues
-from theorems.profiles import product_flops
+from theorems.profiles import Sizes, product_flops
 from theorems.stats import (
     Estimate,
     compare,
@@ -28,7 +29,15 @@ def layer_sample(n, layer, batch, eta, rng, device):
             return w, factor.gate.cpu().numpy(), factor.weight.cpu().numpy()
 
 
-SIZES = ((100, 10, 1000), (256, 10, 2000))  # quick, full: n, layer l, N networks (paper: n=100, l=10, N=1000)
+class LayerSample(NamedTuple):
+    """Networks of width n sampled at layer l (App. G.1: n = 100, l = 10, N = 1000)."""
+
+    n: int
+    layer: int
+    networks: int
+
+
+SIZES = Sizes(quick=LayerSample(100, 10, 1000), full=LayerSample(256, 10, 2000))
 
 
 def sign_balance_and_gate_fraction(n, layer, batch, rng, device):
@@ -56,7 +65,7 @@ def log_abs_covariance(a, b) -> Estimate:
 
 
 #: Widths, layer and networks of the asymptotic reading of Approximation 1 (quick, full).
-ASYMPTOTIC = (((32, 64, 128, 256), 2, 4000), ((64, 128, 256, 512, 1024), 2, 4000))
+ASYMPTOTIC = Sizes(quick=LayerSample((32, 64, 128, 256), 2, 4000), full=LayerSample((64, 128, 256, 512, 1024), 2, 4000))
 
 
 @pytest.mark.claim("approx-gates")

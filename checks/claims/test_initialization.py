@@ -5,18 +5,17 @@ import math
 import numpy as np
 import pytest
 
-from theorems.plugin import option
 from theorems.ensembles import Ensemble
 from theorems.experiments import depth_slope, log_norms_at, slope_model_error
 from theorems.predictions import (
     free_semicircular_product_norm2,
     masked_product_edge,
 )
-from theorems.profiles import product_flops
+from theorems.profiles import Sizes, Window, product_flops
 from theorems.stats import compare, extrapolate, extrapolation_power_gap, fit_slope, mean_estimate
 
 
-DEPTH_WINDOW = ((96, 10, 250, 24), (512, 20, 620, 64))  # quick, full: n, L1, L2, B
+DEPTH_WINDOW = Sizes(quick=Window(n=96, l1=10, l2=250, batch=24), full=Window(n=512, l1=20, l2=620, batch=64))
 
 
 @pytest.fixture
@@ -116,7 +115,7 @@ def test_printed_rate_L_times_half_sigma2_to_the_L(depth_window, rng, device, ve
 
 # --- free-limit ------------------------------------------------------------------------------------
 
-FREE_WIDTHS = ((48, 96, 192, 384), (128, 256, 512, 1024, 2048))  # quick, full
+FREE_WIDTHS = Sizes(quick=(48, 96, 192, 384), full=(128, 256, 512, 1024, 2048))
 
 
 @pytest.fixture
@@ -147,22 +146,18 @@ def _edge_extrapolation(L, p, gates, widths, rng, device, batch, sigma2=None):
     return a23, err, pfit, means
 
 
-EDGE_CASES = {
+EDGE_CASES = Sizes(
     # (L, p, gates, networks per width); finite-n values approach the edge slowly when L is large: the quick profile
     # keeps L <= 3, and gated products (heavier fluctuations of ||J||²) get more networks
-    "quick": [(1, 1.0, "none", 64), (3, 1.0, "none", 64), (2, 0.5, "bernoulli", 160), (3, 0.5, "bernoulli", 192),
+    quick=[(1, 1.0, "none", 64), (3, 1.0, "none", 64), (2, 0.5, "bernoulli", 160), (3, 0.5, "bernoulli", 192),
               (2, 0.5, "relu", 128)],
-    "full": [(1, 1.0, "none", 96), (3, 1.0, "none", 96), (10, 1.0, "none", 96), (2, 0.5, "bernoulli", 96),
+    full=[(1, 1.0, "none", 96), (3, 1.0, "none", 96), (10, 1.0, "none", 96), (2, 0.5, "bernoulli", 96),
              (5, 0.5, "bernoulli", 192), (10, 0.5, "bernoulli", 192), (3, 0.5, "relu", 96), (5, 0.5, "relu", 192)],
-}
-
-
-def pytest_generate_tests(metafunc):
-    if metafunc.function.__name__ == "test_norm_squared_tends_to_the_free_edge":
-        metafunc.parametrize("L,p,gates,batch", EDGE_CASES[option(metafunc.config, "profile")])
+)
 
 
 @pytest.mark.claim("free-limit")
+@pytest.mark.parametrize_by_profile("L,p,gates,batch", EDGE_CASES)
 def test_norm_squared_tends_to_the_free_edge(L, p, gates, batch, widths, profile, rng, device, verdict):
     """Statistic: E||J||² extrapolated to n -> inf; prediction lambda_max(L, p, σ²=1/p) (closed form 1);
     negative control: the same extrapolation rejects lambda_max shifted by 10%."""
@@ -199,6 +194,6 @@ def work(profile) -> float:
     error comes from independent networks)."""
     n, _, l2, b = profile.pick(*DEPTH_WINDOW)
     widths = profile.pick(*FREE_WIDTHS)
-    edge = 2 * sum(product_flops(batch * max(1, widths[-2] // w), L, w) for L, _, _, batch in EDGE_CASES[profile.name]
+    edge = 2 * sum(product_flops(batch * max(1, widths[-2] // w), L, w) for L, _, _, batch in EDGE_CASES.of(profile)
                    for w in widths)
     return 9 * product_flops(b, l2, n) + edge

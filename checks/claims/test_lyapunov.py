@@ -1,13 +1,13 @@
 """lyapunov, spectral-separation and alignment (Haas et al., 'Why Deep Jacobian Spectra Separate')."""
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import assume, find, given, strategies as st
 
-from theorems.plugin import option
 from theorems.ensembles import Ensemble, haar_frame, sample_weights
 from theorems.experiments import (
     alignment_profile,
@@ -18,7 +18,7 @@ from theorems.experiments import (
     qr_exponents,
 )
 from theorems.predictions import lyapunov_exponents, resolvable_k
-from theorems.profiles import product_flops, training_flops
+from theorems.profiles import Sizes, product_flops, training_flops
 from theorems.seeding import generator
 from theorems.spectral import (
     resolvable,
@@ -49,13 +49,13 @@ def near_misses(n, p, sigma2, k):
 # n, p, σ², gates, (L, B) quick and full, and the near misses each case resolves: L·B is set so that the standard
 # error of the gamma_1 estimate (per layer about 1/sqrt(2m), m = p n open gates) is at most 1/8 of the smallest of
 # its near misses' shifts, so each is rejected with a miss probability below the suite's per-assertion rate.
-QR_CASES = {
-    "quick": [(32, 1.0, 1.0, "none", (100, 200), ("σ² x 1.02", "Bartlett dof + 1", "variance σ²/(n+1)")),
+QR_CASES = Sizes(  # n, p, σ², gates, (depth, networks), the near misses rejected
+    quick=[(32, 1.0, 1.0, "none", (100, 200), ("σ² x 1.02", "Bartlett dof + 1", "variance σ²/(n+1)")),
               (128, 1.0, 2.0, "none", (60, 64), ("σ² x 1.02",)),
               (64, 0.5, 1.0, "bernoulli", (100, 256), ("σ² x 1.02", "Bartlett dof + 1")),
               (64, 0.5, 2.0, "relu", (100, 200), ("σ² x 1.02", "Bartlett dof + 1")),
               (128, 0.25, 1.0, "bernoulli", (100, 256), ("σ² x 1.02", "Bartlett dof + 1"))],
-    "full": [(16, 1.0, 1.0, "none", (200, 256), ("σ² x 1.02", "Bartlett dof + 1", "variance σ²/(n+1)")),
+    full=[(16, 1.0, 1.0, "none", (200, 256), ("σ² x 1.02", "Bartlett dof + 1", "variance σ²/(n+1)")),
              (64, 1.0, 2.0, "none", (200, 64), ("σ² x 1.02", "Bartlett dof + 1")),
              (256, 1.0, 1.0, "none", (200, 64), ("σ² x 1.02",)),
              (64, 0.5, 1.0, "bernoulli", (200, 128), ("σ² x 1.02", "Bartlett dof + 1")),
@@ -64,17 +64,11 @@ QR_CASES = {
              (256, 0.5, 2.0, "relu", (200, 64), ("σ² x 1.02",)),
              (128, 0.25, 1.0, "bernoulli", (200, 128), ("σ² x 1.02", "Bartlett dof + 1")),
              (256, 0.25, 4.0, "bernoulli", (200, 64), ("σ² x 1.02",))],
-}
-
-
-def pytest_generate_tests(metafunc):
-    if metafunc.function.__name__ == "test_qr_exponents_match_closed_form":
-        cases = QR_CASES[option(metafunc.config, "profile")]
-        metafunc.parametrize("n,p,sigma2,gates,sizes,controls", cases,
-                             ids=[f"n{c[0]}-p{c[1]}-s{c[2]}-{c[3]}" for c in cases])
+)
 
 
 @pytest.mark.claim("lyapunov")
+@pytest.mark.parametrize_by_profile("n,p,sigma2,gates,sizes,controls", QR_CASES, ids=lambda c: f"n{c[0]}-p{c[1]}-s{c[2]}-{c[3]}")
 def test_qr_exponents_match_closed_form(n, p, sigma2, gates, sizes, controls, profile, rng, device, verdict):
     """Statistic: mean over networks of the QR estimates (1/L) sum_l log|R_ii|; prediction gamma_i(n, p, σ²)
     (closed form 2), i = 1..k; model error 0: every increment is unbiased at every depth (Haar frames,
@@ -165,7 +159,7 @@ def test_singular_values_converge_with_first_order_correction(p, n, profile, rng
 
 SEPARATION_DEPTHS = (20, 80, 140)
 SEPARATION_CASES = [(1.0, 16), (0.5, 64)]  # (p, n)
-SEPARATION_BATCH = (192, 256)  # quick, full
+SEPARATION_BATCH = Sizes(quick=192, full=256)
 
 
 @pytest.mark.claim("spectral-separation")
@@ -262,7 +256,7 @@ ALIGN_LENGTHS = {"none": (10, 40, 70), "gated": (60, 130, 200)}  # the asymptoti
 #: errors at 256 networks, covered only by the window difference); with 100 it is within one standard error of 0.
 ALIGN_TAIL = 100
 ALIGN_WIDTH = {"none": 8, "gated": 48}
-ALIGN_BATCH = {"none": (96, 256), "gated": (256, 256)}  # quick, full
+ALIGN_BATCH = {"none": Sizes(quick=96, full=256), "gated": Sizes(quick=256, full=256)}
 ALIGN_GATES = ["none", "bernoulli", "relu"]
 
 
@@ -319,11 +313,21 @@ def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng
                               -(g[0] - g[1]), model_error=rates["align_error"], sizes=sizes))
 
 
-#: Trained alignment (quick, full), per model: depth L, lengths, networks, GD steps, digits samples.  The ReLU
-#: MLP's slopes vary more from network to network: 48 networks (with 24 the no-alignment control was missed with
-#: estimated probability 0.24), trained for 100 steps instead of 150 to keep its cost.
-TRAINED_ALIGNMENT = (dict(gated=(90, (10, 35, 60), 32, 150, 256), relu=(90, (10, 35, 60), 48, 100, 64)),
-                     dict(gated=(100, (10, 40, 70), 32, 400, 512), relu=(100, (10, 40, 70), 32, 400, 512)))
+class TrainedAlignment(NamedTuple):
+    depth: int
+    lengths: tuple
+    networks: int
+    steps: int
+    samples: int  # digits
+
+
+#: Trained alignment per model.  The ReLU MLP's slopes vary more from network to network: 48 networks (with 24 the
+#: no-alignment control was missed with estimated probability 0.24), trained for 100 steps instead of 150 to keep its
+#: cost.
+TRAINED_ALIGNMENT = Sizes(quick=dict(gated=TrainedAlignment(90, (10, 35, 60), 32, 150, 256),
+                                     relu=TrainedAlignment(90, (10, 35, 60), 48, 100, 64)),
+                          full=dict(gated=TrainedAlignment(100, (10, 40, 70), 32, 400, 512),
+                                    relu=TrainedAlignment(100, (10, 40, 70), 32, 400, 512)))
 TRAINED_ALIGNMENT_WIDTH = 64
 
 
@@ -376,7 +380,7 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
 def work(profile) -> float:
     """Float64 work of this module's dominant kernels at the profile's sizes (the ``--profile full`` estimate)."""
     qr = sum(product_flops(b, depth, n, resolvable_k(n, p, profile.pick(4, 64)))
-             for n, p, _, _, (depth, b), _ in QR_CASES[profile.name])
+             for n, p, _, _, (depth, b), _ in QR_CASES.of(profile))
     convergence = 2 * sum(product_flops(convergence_batch(profile, n), m * n, n) for _, n in CONVERGENCE_CASES
                           for m in CONVERGENCE_DEPTHS)
     separation = 2 * sum(product_flops(profile.pick(*SEPARATION_BATCH), SEPARATION_DEPTHS[-1], n) for _, n in SEPARATION_CASES)

@@ -2,6 +2,7 @@
 magnitude-pruning-scaling (Thm 6) and edge-of-stability (§5.1)."""
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from theorems.experiments import (
     pruning_departure_sweep,
 )
 from theorems.plugin import option, seed_for
-from theorems.profiles import Profile, product_flops
+from theorems.profiles import Profile, Sizes, WidthSweep, Window, product_flops
 from theorems.predictions import (
     EDGE_DENSITY_VACUOUS_BELOW,
     edge_of_stability_density,
@@ -66,15 +67,15 @@ def _instance(kind, n):
 CLAIMS_OF = {"random-0.5": ["random-pruning-scaling"], "random-0.75": ["random-pruning-scaling"],
              "random-0.9": ["random-pruning-scaling"], "magnitude-0.5": ["magnitude-pruning-scaling"],
              "magnitude-0.9": ["magnitude-pruning-scaling"], "uniform-mask": [], "weak-correlation": ["correlated-weights"]}
-INSTANCES = {"quick": ["random-0.5", "random-0.75", "magnitude-0.5", "uniform-mask", "weak-correlation"],
-             "full": list(CLAIMS_OF)}
+INSTANCES = Sizes(quick=["random-0.5", "random-0.75", "magnitude-0.5", "uniform-mask", "weak-correlation"],
+                  full=list(CLAIMS_OF))
 
 
-def pytest_generate_tests(metafunc):
-    if "instance" in metafunc.fixturenames:
-        ids = INSTANCES[option(metafunc.config, "profile")]
-        metafunc.parametrize("instance", [pytest.param(i, marks=[pytest.mark.claim(c) for c in CLAIMS_OF[i]], id=i)
-                                          for i in ids])
+def _instance(name):
+    return pytest.param(name, marks=[pytest.mark.claim(c) for c in CLAIMS_OF[name]], id=name)
+
+
+INSTANCE_PARAMS = Sizes(*([_instance(i) for i in names] for names in INSTANCES))
 
 
 def gap_extrapolation(instance, widths, batch, rng, device):
@@ -103,7 +104,12 @@ def _gaps_by_width(widths, batch, rng, device, perturbation):
 
 
 #: The gap checks' widths and networks per width (quick, full).
-GAP_SIZES = (((32, 64, 128, 256), 48), ((128, 256, 512, 1024, 2048), 64))
+class GapSizes(NamedTuple):
+    widths: tuple
+    batch: int
+
+
+GAP_SIZES = Sizes(quick=GapSizes((32, 64, 128, 256), 48), full=GapSizes((128, 256, 512, 1024, 2048), 64))
 
 
 @pytest.fixture
@@ -112,6 +118,7 @@ def gap_widths(profile):
 
 
 @pytest.mark.claim("stability-theorem")
+@pytest.mark.parametrize_by_profile("instance", INSTANCE_PARAMS)
 def test_gap_vanishes_as_width_grows(instance, gap_widths, profile, rng, device, verdict):
     """Statistic: E[log||J^B|| - log||J||] (same W and gates), extrapolated in n; prediction 0."""
     batch = profile.pick(*GAP_SIZES)[1]
@@ -137,7 +144,7 @@ def test_unscaled_random_pruning_gap_does_not_vanish(gap_widths, profile, rng, d
                            model_error=err, sizes=dict(widths=list(gap_widths), L=GAP_DEPTH)))
 
 
-SLOPE_WINDOW = ((96, 10, 130, 24), (256, 20, 420, 48))  # quick, full: n, L1, L2, B of the per-layer slope checks
+SLOPE_WINDOW = Sizes(quick=Window(n=96, l1=10, l2=130, batch=24), full=Window(n=256, l1=20, l2=420, batch=48))
 
 
 @pytest.fixture
@@ -233,7 +240,8 @@ def transition_density(n, batch, l1, l2, rng, device, seed):
     return est, dict(zip([round(r * n, 2) for r in rhos], collapsed))
 
 
-EDGE_SIZES = (((24, 48, 96, 192), 36, 5, 45), ((64, 128, 256, 512), 48, 10, 90))  # quick, full (n <= 512: see README)
+EDGE_SIZES = Sizes(quick=WidthSweep(widths=(24, 48, 96, 192), batch=36, l1=5, l2=45),  # n <= 512: see README
+                   full=WidthSweep(widths=(64, 128, 256, 512), batch=48, l1=10, l2=90))
 
 
 @pytest.fixture
@@ -349,7 +357,7 @@ def work(profile) -> float:
     slopes (8 ensembles plus their independent rate bounds) and the edge scan (the reference and one ensemble per
     degree)."""
     widths, batch = profile.pick(*GAP_SIZES)
-    gaps = (len(INSTANCES[profile.name]) + 1) * sum(4 * product_flops(batch, GAP_DEPTH, n) for n in widths)
+    gaps = (len(INSTANCES.of(profile)) + 1) * sum(4 * product_flops(batch, GAP_DEPTH, n) for n in widths)
     n, _, l2, b = profile.pick(*SLOPE_WINDOW)
     slopes = 8 * (product_flops(b, l2, n) + product_flops(2 * b, l2, n, columns=1))
     widths, batch, _, l2 = profile.pick(*EDGE_SIZES)

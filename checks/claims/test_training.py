@@ -2,6 +2,7 @@
 descent-convergence (§4.3), approx-trained-gates (Approx. 2) and balanced-dynamics (Haas Prop. 4.5)."""
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given, strategies as st
 from theorems.experiments import gate_test_pvalues
 from theorems.ensembles import Ensemble, sample_weights
 from theorems.seeding import generator
-from theorems.profiles import training_flops
+from theorems.profiles import Sizes, training_flops
 from theorems.stats import (Estimate, binomial_pvalue, compare, compare_at_most, compare_below, log_factor_allowance,
                             log_mean_estimate, mean_estimate, secant_exponent, significance_test)
 from theorems.training import (balance_defects, gates_after_training, regression_data,
@@ -39,7 +40,16 @@ def max_abs_norm_change(run) -> np.ndarray:
 
 # --- training-stability (Thm 2) --------------------------------------------------------------------
 
-STABILITY_SIZES = ((32, (4, 8, 16, 32), 20, 128, 4.0), (128, (4, 8, 16, 32, 64), 50, 32, 4.0))  # n, depths, steps, B, c
+class StabilitySizes(NamedTuple):
+    n: int
+    depths: tuple
+    steps: int
+    batch: int
+    c: float  # lr = c / (n L^3)
+
+
+STABILITY_SIZES = Sizes(quick=StabilitySizes(32, (4, 8, 16, 32), 20, 128, 4.0),
+                        full=StabilitySizes(128, (4, 8, 16, 32, 64), 50, 32, 4.0))
 
 
 @pytest.mark.claim("training-stability")
@@ -94,7 +104,16 @@ def test_change_stays_bounded_in_depth(profile, rng, device, verdict):
 
 # --- stagnation-phase (Thm 3) ----------------------------------------------------------------------
 
-STAGNATION_SIZES = (((32, 64, 128), 6, 96, 1.0, 10.0), ((64, 128, 256, 512), 10, 96, 1.0, 10.0))  # widths, L, B, c, kappa
+class StagnationSizes(NamedTuple):
+    widths: tuple
+    depth: int
+    batch: int
+    c: float
+    kappa: float
+
+
+STAGNATION_SIZES = Sizes(quick=StagnationSizes((32, 64, 128), 6, 96, 1.0, 10.0),
+                         full=StagnationSizes((64, 128, 256, 512), 10, 96, 1.0, 10.0))
 
 
 @pytest.mark.claim("stagnation-phase")
@@ -217,8 +236,16 @@ def test_main_text_sentence_larger_is_an_erratum(toy_sample, verdict):
 
 # --- descent-convergence (§4.3, Fig. 2) ------------------------------------------------------------
 
-DESCENT_SIZES = ((32, 4, 64, 200, 48), (256, 8, 256, 2000, 48))  # n, L, samples, steps, B (digits: n = 64)
-DESCENT_DIGITS_WIDTH, DESCENT_DIGITS_SAMPLES = 64, (128, 512)  # digits: width, samples (quick, full)
+class DescentSizes(NamedTuple):
+    n: int  # synthetic data; digits: DESCENT_DIGITS_WIDTH
+    depth: int
+    samples: int
+    steps: int
+    batch: int
+
+
+DESCENT_SIZES = Sizes(quick=DescentSizes(32, 4, 64, 200, 48), full=DescentSizes(256, 8, 256, 2000, 48))
+DESCENT_DIGITS_WIDTH, DESCENT_DIGITS_SAMPLES = 64, Sizes(quick=128, full=512)  # digits: width, samples
 DESCENT_GRID = (0.3, 0.1, 0.03, 0.01)  # App. G's learning rates
 SLOW_FACTOR = 30  # the negative control trains each network at its learning rate / SLOW_FACTOR
 
@@ -280,8 +307,27 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
 #: and c of lr = c/n (c t = 10; the fixed-lr control trains at the middle width's lr).  ``printed``: App. G.2's
 #: setting, n = 100 and lr t = 0.4 (the paper: L = 30, l = 10, lr = 1e-4, t = 4000, N = 1000; quick: depth 5, l = 4,
 #: 40 steps of 1e-2: the same lr t), as (n, layer, depth, N, steps, lr).
-TRAINED_GATES = (dict(asymptotic=((32, 64, 128), 4, 400, 20, 0.5), printed=(100, 4, 5, 300, 40, 1e-2)),
-                 dict(asymptotic=((128, 256, 512), 10, 400, 200, 0.05), printed=(100, 10, 30, 1000, 4000, 1e-4)))
+class GateShiftSizes(NamedTuple):
+    widths: tuple
+    layer: int
+    networks: int
+    steps: int
+    c: float  # lr = c / n
+
+
+class PrintedGateSizes(NamedTuple):
+    n: int
+    layer: int
+    depth: int
+    networks: int
+    steps: int
+    lr: float
+
+
+TRAINED_GATES = Sizes(quick=dict(asymptotic=GateShiftSizes((32, 64, 128), 4, 400, 20, 0.5),
+                                 printed=PrintedGateSizes(100, 4, 5, 300, 40, 1e-2)),
+                      full=dict(asymptotic=GateShiftSizes((128, 256, 512), 10, 400, 200, 0.05),
+                                printed=PrintedGateSizes(100, 10, 30, 1000, 4000, 1e-4)))
 
 
 @pytest.mark.claim("approx-trained-gates")
@@ -345,7 +391,15 @@ def test_printed_gates_still_fair_coins_after_training(profile, rng, device, see
 
 # --- balanced-dynamics (Haas Prop. 4.5) ----------------------------------------------------------------
 
-BALANCE_SIZES = ((16, 4, 16, 0.05, 0.5), (64, 8, 32, 0.05, 1.0))  # n, L, B, lr, time lr * steps
+class BalanceSizes(NamedTuple):
+    n: int
+    depth: int
+    batch: int
+    lr: float
+    time: float  # lr * steps
+
+
+BALANCE_SIZES = Sizes(quick=BalanceSizes(16, 4, 16, 0.05, 0.5), full=BalanceSizes(64, 8, 32, 0.05, 1.0))
 
 
 def drift_orders(ens, lr0, time_, rng, device):
