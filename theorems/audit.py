@@ -86,7 +86,7 @@ MUTATIONS = [
              ("checks/core/test_ensembles.py", PRUNING, "-k", "weak-correlation or correlation_law")),
     Mutation("random-mask-keeps-2pct-more", "random pruning keeps 2% more weights than 1-s", "theorems/ensembles.py",
              "        keep = 1.0 - pruning.sparsity\n", "        keep = 1.02 * (1.0 - pruning.sparsity)\n",
-             (PRUNING, "-k", "rate or gap")),
+             (PRUNING, "-k", "rate or gap or gain")),
     Mutation("qr-log-of-square", "QR increments log|R_ii| doubled (log R_ii²)", "theorems/spectral.py",
              "inc = torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))",
              "inc = 2 * torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))", (QR,)),

@@ -16,6 +16,7 @@ from scipy import stats
 from .ensembles import Ensemble, Factor, Pruning, correlated, haar_frame, prune_mask
 from .predictions import volume_gap
 from .spectral import (
+    apply_factor,
     extend_product,
     log_norm_of_image,
     log_singular_values,
@@ -40,6 +41,8 @@ from .stats import (
 __all__ = [
     "gate_test_pvalues",
     "pruning_departure_sweep",
+    "coupled_image_rate_gap",
+    "mean_square_gain",
     "GATE_TEST_PAIRS",
     "STABILITY_THRESHOLD",
     "log_norms_at",
@@ -215,6 +218,46 @@ def perturbed(factors, gen, *, pruning: Pruning | None = None, eta: float = 0.0,
         if pruning is not None:
             w = pruning.scale * prune_mask(w, pruning, gen) * w
         yield Factor(w, gate)
+
+
+def mean_square_gain(ens: Ensemble, gen, device="cpu") -> np.ndarray:
+    """Per network, the mean over layers of ``||F_l x_l||² / ||x_l||²``, x_l the network's own image of a Haar unit u
+    after l-1 layers (claims random-pruning-scaling, magnitude-pruning-scaling).  Given the past, each term has
+    expectation exactly σ² p for Gaussian weights with Bernoulli(p) gates (or none, p = 1), and stays exactly σ² p
+    for random pruning scaled by (1-s)^-1/2 and magnitude pruning scaled by t_n (their scales' definition: E[c² m w²]
+    = σ²/n per entry, and the mask's sign symmetry removes the cross terms): the check of a scale has no model error
+    at any n, and a scale error c multiplies it by c².  Matrix-vector products only, streamed."""
+    if ens.gates == "relu":
+        raise ValueError("gates must be independent of the image direction (gates='bernoulli' or 'none')")
+    x = haar_frame(ens.batch, ens.width, 1, gen, device=device)
+    total = torch.zeros(ens.batch, dtype=torch.float64, device=device)
+    for factor in ens.factors(gen, device=device):
+        x = apply_factor(factor, x)
+        norm2 = torch.sum(x * x, dim=(-2, -1))
+        total = total + norm2
+        x = x / torch.sqrt(torch.where(norm2 > 0, norm2, torch.ones_like(norm2)))[:, None, None]
+    return _np(total / ens.depth)
+
+
+def coupled_image_rate_gap(ens: Ensemble, gen, device="cpu", *, pruning: Pruning) -> np.ndarray:
+    """Per network ``(1/L) [log||J^B u|| - log||J u||]`` with the same weights, gates and Haar unit u (claims
+    random-pruning-scaling, stability-theorem): the per-layer rate that pruning with its scale changes.  A scale
+    error c shifts it by exactly log c (every layer of J^B is multiplied by c); without one it is pruning's finite-n
+    offset of the image-norm rate (:func:`image_norm_rate`), which vanishes as n grows.  Matrix-vector products
+    only, streamed layer by layer (the pruned layer is drawn right after its unpruned one)."""
+    if ens.gates == "relu":
+        raise ValueError("coupling needs gates independent of the weights (gates='bernoulli' or 'none')")
+    u = haar_frame(ens.batch, ens.width, 1, gen, device=device)[..., 0]
+    base = pruned = torch.zeros(ens.batch, dtype=torch.float64, device=device)
+    x = y = u.unsqueeze(-1)
+    for factor in ens.factors(gen, device=device):
+        (other,) = perturbed([factor], gen, pruning=pruning)
+        x, y = apply_factor(factor, x), apply_factor(other, y)
+        nx, ny = torch.linalg.vector_norm(x, dim=(-2, -1)), torch.linalg.vector_norm(y, dim=(-2, -1))
+        base, pruned = base + torch.log(nx), pruned + torch.log(ny)  # a collapse (ny = 0) stays -inf
+        x = x / torch.where(nx > 0, nx, torch.ones_like(nx))[:, None, None]
+        y = y / torch.where(ny > 0, ny, torch.ones_like(ny))[:, None, None]
+    return _np((pruned - base) / ens.depth)
 
 
 def coupled_log_norm_gap(ens: Ensemble, gen, device="cpu", *, pruning: Pruning | None = None,

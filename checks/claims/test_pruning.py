@@ -18,6 +18,7 @@ from theorems.experiments import (
     depth_slope,
     per_layer_slopes,
     perturbed,
+    mean_square_gain,
     pruned_slope_model_error,
     pruning_departure_sweep,
 )
@@ -175,6 +176,44 @@ def test_unscaled_random_pruning_rate(s, gates, slope_window, rng, device, verdi
                           model_error=err))
     verdict.reject(compare("slope vs exponent L-1 (negative control)", est,
                            math.log(1 - s) + g1, model_error=err))
+
+
+class GainSizes(NamedTuple):
+    n: int
+    depth: int
+    batch: int
+
+
+#: The exact mean-square check of the scales (matrix-vector products: cheap at any width).
+GAIN_SIZES = Sizes(quick=GainSizes(128, 50, 96), full=GainSizes(512, 100, 128))
+SCALE_CLAIM = {"random": "random-pruning-scaling", "magnitude": "magnitude-pruning-scaling"}
+
+
+def scaled_pruning(kind: str, s: float, n: int, error: float = 1.0) -> Pruning:
+    """Pruning of ``kind`` at sparsity s with the paper's scale ((1-s)^-1/2 for random, t_n for magnitude) times
+    ``error``."""
+    scale = random_pruning_scale(s) if kind == "random" else magnitude_pruning_scale(n, s)
+    return Pruning(kind, s, error * scale)
+
+
+@pytest.mark.parametrize("kind,s", [pytest.param(k, s, marks=pytest.mark.claim(SCALE_CLAIM[k]))
+                                    for k in ("random", "magnitude") for s in (0.5, 0.9)])
+def test_scale_restores_the_mean_square_gain_exactly(kind, s, profile, rng, device, verdict):
+    """What a scale must do, checked exactly at any width and averaged over depth (issue 13 §2: a 2% scale error
+    must fail at any master seed).  Statistic: per network the mean over L layers of ||F_l x_l||² / ||x_l||², x_l its
+    own normalised image of a Haar unit (:func:`mean_square_gain`), over σ² p; prediction 1, model error 0: given the
+    past each term has expectation exactly σ² p when the scale is right, for random pruning with (1-s)^-1/2 and
+    magnitude pruning with t_n alike.  Negative controls: the scale off by 2% (prediction 1.02², about 10 standard
+    errors away) and, for magnitude pruning, the random-pruning scale in place of t_n (prediction (c/t_n)²)."""
+    n, depth, batch = GAIN_SIZES.of(profile)
+    verdict.sizes.update(n=n, L=depth, B=batch, kind=kind, s=s)
+    ens = Ensemble(n, depth, batch=batch, pruning=scaled_pruning(kind, s, n))
+    gain = mean_estimate(mean_square_gain(ens, rng, device) / (ens.sigma2 * ens.effective_keep_prob))
+    verdict.check(compare("mean-square gain per layer / σ² p", gain, 1.0))
+    verdict.reject(compare("gain vs the scale off by 2% (negative control)", gain, 1.02**2))
+    if kind == "magnitude":
+        ratio = random_pruning_scale(s) / magnitude_pruning_scale(n, s)
+        verdict.reject(compare("gain vs (1-s)^-1/2 in place of t_n (negative control)", gain, ratio**2))
 
 
 @pytest.mark.claim("magnitude-pruning-scaling")
@@ -362,4 +401,6 @@ def work(profile) -> float:
     slopes = 8 * (product_flops(b, l2, n) + product_flops(2 * b, l2, n, columns=1))
     widths, batch, _, l2 = profile.pick(*EDGE_SIZES)
     edge = sum((len(DEGREES) + 1) * product_flops(batch, l2, n) for n in widths)
-    return gaps + slopes + edge
+    n, depth, batch = GAIN_SIZES.of(profile)
+    gains = 4 * product_flops(batch, depth, n, columns=1)
+    return gaps + slopes + edge + gains
