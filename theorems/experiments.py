@@ -41,7 +41,6 @@ from .stats import (
 __all__ = [
     "gate_test_pvalues",
     "pruning_departure_sweep",
-    "coupled_image_rate_gap",
     "mean_square_gain",
     "GATE_TEST_PAIRS",
     "STABILITY_THRESHOLD",
@@ -237,27 +236,6 @@ def mean_square_gain(ens: Ensemble, gen, device="cpu") -> np.ndarray:
         total = total + norm2
         x = x / torch.sqrt(torch.where(norm2 > 0, norm2, torch.ones_like(norm2)))[:, None, None]
     return _np(total / ens.depth)
-
-
-def coupled_image_rate_gap(ens: Ensemble, gen, device="cpu", *, pruning: Pruning) -> np.ndarray:
-    """Per network ``(1/L) [log||J^B u|| - log||J u||]`` with the same weights, gates and Haar unit u (claims
-    random-pruning-scaling, stability-theorem): the per-layer rate that pruning with its scale changes.  A scale
-    error c shifts it by exactly log c (every layer of J^B is multiplied by c); without one it is pruning's finite-n
-    offset of the image-norm rate (:func:`image_norm_rate`), which vanishes as n grows.  Matrix-vector products
-    only, streamed layer by layer (the pruned layer is drawn right after its unpruned one)."""
-    if ens.gates == "relu":
-        raise ValueError("coupling needs gates independent of the weights (gates='bernoulli' or 'none')")
-    u = haar_frame(ens.batch, ens.width, 1, gen, device=device)[..., 0]
-    base = pruned = torch.zeros(ens.batch, dtype=torch.float64, device=device)
-    x = y = u.unsqueeze(-1)
-    for factor in ens.factors(gen, device=device):
-        (other,) = perturbed([factor], gen, pruning=pruning)
-        x, y = apply_factor(factor, x), apply_factor(other, y)
-        nx, ny = torch.linalg.vector_norm(x, dim=(-2, -1)), torch.linalg.vector_norm(y, dim=(-2, -1))
-        base, pruned = base + torch.log(nx), pruned + torch.log(ny)  # a collapse (ny = 0) stays -inf
-        x = x / torch.where(nx > 0, nx, torch.ones_like(nx))[:, None, None]
-        y = y / torch.where(ny > 0, ny, torch.ones_like(ny))[:, None, None]
-    return _np((pruned - base) / ens.depth)
 
 
 def coupled_log_norm_gap(ens: Ensemble, gen, device="cpu", *, pruning: Pruning | None = None,
