@@ -72,11 +72,11 @@ INSTANCES = Sizes(quick=["random-0.5", "random-0.75", "magnitude-0.5", "uniform-
                   full=list(CLAIMS_OF))
 
 
-def _instance(name):
+def _instance_param(name):
     return pytest.param(name, marks=[pytest.mark.claim(c) for c in CLAIMS_OF[name]], id=name)
 
 
-INSTANCE_PARAMS = Sizes(*([_instance(i) for i in names] for names in INSTANCES))
+INSTANCE_PARAMS = Sizes(*([_instance_param(i) for i in names] for names in INSTANCES))
 
 
 def gap_extrapolation(instance, widths, batch, rng, device):
