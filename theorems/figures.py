@@ -42,6 +42,13 @@ def _caption(fig, text):
     fig.text(0.01, 0.005, text, fontsize=7, va="bottom", ha="left", wrap=True)
 
 
+def _save(fig, path, bottom: float = 0.04):
+    """Lay out above the caption (``bottom``: its height as a fraction of the figure), write the PNG, free it."""
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
 def _slope_line(ax, x, samples, slope, color, anchor=3):
     """A dashed line of the predicted slope through the measured mean at x[anchor], drawn over the depths
     where every network is finite (a collapse ends it)."""
@@ -86,9 +93,7 @@ def fig_norm_vs_depth(out, sizes, seed, device):
         a.legend(fontsize=7)
     _caption(fig, f"ReLU MLP, width n={n}, {b} networks per point, Gaussian input; seed {seed}. Printed rate L(σ²/2)^L "
                   "is that of ||J||²; ||J|| grows like (σ²/2)^(L/2).")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "norm_vs_depth.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "norm_vs_depth.png", bottom=0.04)
 
 
 def fig_random_pruning(out, sizes, seed, device):
@@ -110,9 +115,7 @@ def fig_random_pruning(out, sizes, seed, device):
         a.legend(fontsize=7)
     _caption(fig, f"ReLU MLP, width n={n}, {b} networks per point, σ²=2; seed {seed}. s=0.99 ((1-s)n = {0.01 * n:.1f}) is "
                   "below the edge of stability: networks collapse (J = 0, log = -inf, not drawn) within a few layers.")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "random_pruning.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "random_pruning.png", bottom=0.04)
 
 
 def fig_magnitude_pruning(out, sizes, seed, device):
@@ -138,9 +141,7 @@ def fig_magnitude_pruning(out, sizes, seed, device):
     ax[1, 1].set(xlabel="sparsity s", ylabel="scale factor", yscale="log", title="scale factors")
     ax[1, 1].legend(fontsize=7)
     _caption(fig, f"ReLU MLP, width n={n}, {b} networks per point, σ²=2; dashed: predicted slope γ₁ + log(c/t_n); seed {seed}.")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(out / "magnitude_pruning.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "magnitude_pruning.png", bottom=0.03)
 
 
 def fig_correlation(out, sizes, seed, device):
@@ -156,9 +157,7 @@ def fig_correlation(out, sizes, seed, device):
         a.legend(fontsize=7)
     _caption(fig, f"width n={n}, {b} networks per point, σ²=2; Thm 8's regime corr=η² << 1/(n log³n) = "
                   f"{1 / (n * math.log(n) ** 3):.1e}; seed {seed}.")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "correlation.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "correlation.png", bottom=0.04)
 
 
 def fig_edge_of_stability(out, sizes, seed, device):
@@ -194,9 +193,7 @@ def fig_edge_of_stability(out, sizes, seed, device):
     ax[1].legend(fontsize=7)
     _caption(fig, f"gated model p=½, σ²=2, {b} networks, slope over depths {l1}-{l2}; seed {seed}. "
                   f"log(n)^5/n exceeds 1 (allows no pruning) for every n below {EDGE_DENSITY_VACUOUS_BELOW:,}.")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "edge_of_stability.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "edge_of_stability.png", bottom=0.04)
 
 
 def fig_lyapunov(out, sizes, seed, device):
@@ -221,9 +218,7 @@ def fig_lyapunov(out, sizes, seed, device):
     ax[1].set(xscale="log", xlabel="depth L", ylabel="(1/L) log s_k", title=f"convergence to γ_k (n={n2}, p=1), O(1/L)")
     ax[1].legend(fontsize=7)
     _caption(fig, f"16-64 networks; seed {seed}.")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(out / "lyapunov.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "lyapunov.png", bottom=0.04)
 
 
 def fig_alignment(out, sizes, seed, device):
@@ -255,9 +250,7 @@ def fig_alignment(out, sizes, seed, device):
     bx.legend(fontsize=7)
     _caption(fig, f"left: depth 100, 64 networks, σ²=2. right: width 64, p=1/2, depth {depth}, {batch} networks, "
                   f"{steps} GD steps on {samples} digits, final/initial loss {float(ratio.mean()):.2f}; seed {seed}.")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(out / "alignment.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "alignment.png", bottom=0.05)
 
 
 def fig_training(out, sizes, seed, device):
@@ -280,9 +273,7 @@ def fig_training(out, sizes, seed, device):
     ax.set(xlabel="GD step", ylabel="log ||J|| (reference input), mean ± s.e.", title="Jacobian norm along training")
     ax.legend(fontsize=7)
     _caption(fig, f"ReLU MLP n={n}, L={L}, {b} networks, 64 samples, linear targets; smallest lr = 1/(n log^1.5 n); seed {seed}.")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(out / "training.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "training.png", bottom=0.05)
 
 
 SIZES = Sizes(
