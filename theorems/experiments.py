@@ -368,38 +368,56 @@ def alignment_profile(factors: Sequence[Factor], lengths: Sequence[int], k: int 
 
 
 def alignment_rates(log_sin: dict, log_gap: dict, lengths: Sequence[int]) -> dict:
-    """Per-step rates from :func:`alignment_profile` over an early (l0, l1) and a late (l1, l2) window.
+    """Per-step rates from :func:`alignment_profile` over an early (l0, l1) and a late (l1, l2) window, with
+    model errors from independent networks (alignment claim, Haas §5).
+
+    The networks are split in two disjoint halves (by position in the batch; they are iid, so the split carries
+    no information): the estimates come from the first half, and each model error is the change of the same
+    statistic between the early and the late window measured on the second half (the measured convergence in l).
+    A window difference on the estimate's own networks would contain the estimate's noise, so the tolerance would
+    grow exactly when the estimate strays; on independent networks it bounds the transient without borrowing.
 
     Returns Estimates ``align`` (slope of E log sin θ, late window), ``align_span`` (the same over the whole span
     (l0, l2), the average of the two windows: less noisy), ``align_plus_separation`` (the late slope plus
     the slope of E log(s_k/s_{k+1})(A_l), paired per network: 0 when alignment decays at the measured
-    separation rate, as the lemma suggests) and the floats ``align_error``, ``sum_error`` (each one's change
-    from the early window: the measured convergence in l, used as model error), ``span_error`` (half that change
-    for the span average) and ``separation`` (late slope); ``align_plus_twice_separation_span`` (the slope of
-    E log sin θ plus twice that of E log(s_k/s_{k+1}) over the span: 0 if sin θ fell like (s_{k+1}/s_k)², the
-    neighbouring wrong rate) with ``twice_span_error`` (half its change between the windows).
+    separation rate, as the lemma suggests), ``align_plus_twice_separation_span`` (the slope of E log sin θ
+    plus twice that of E log(s_k/s_{k+1}) over the span: 0 if sin θ fell like (s_{k+1}/s_k)², the neighbouring
+    wrong rate); the floats ``align_error``, ``sum_error`` (late minus early window, second half),
+    ``span_error``, ``twice_span_error`` (half the window change: a span slope is the average of the two
+    windows) and ``separation`` (late slope, first half); ``networks`` (estimate, model-error) half sizes.
     """
     l0, l1, l2 = lengths
+    batch = len(log_sin[l0])
+    if batch < 4:
+        raise ValueError(f"alignment rates split the networks in two halves; need at least 4, got {batch}")
+    half = batch // 2
+    first = ({l: v[:half] for l, v in log_sin.items()}, {l: v[:half] for l, v in log_gap.items()})
+    second = ({l: v[half:] for l, v in log_sin.items()}, {l: v[half:] for l, v in log_gap.items()})
 
     def slope(d, a, b):
         return (d[b] - d[a]) / (b - a)
 
-    late_align, early_align = slope(log_sin, l1, l2), slope(log_sin, l0, l1)
-    late_sum = mean_estimate(late_align + slope(log_gap, l1, l2))
-    early_sum = mean_estimate(early_align + slope(log_gap, l0, l1))
-    align = mean_estimate(late_align)
-    align_error = abs(align.value - float(np.mean(early_align)))
+    def windows(sin, gap, weight):
+        """(early, late) per-network slopes of log sin θ + weight x log(s_k/s_k+1)."""
+        return (slope(sin, l0, l1) + weight * slope(gap, l0, l1), slope(sin, l1, l2) + weight * slope(gap, l1, l2))
+
+    def transient(weight):
+        early, late = windows(*second, weight)
+        return abs(float(np.mean(late)) - float(np.mean(early)))
+
+    sin, gap = first
+    align_error = transient(0.0)
     return {
-        "align": align,
+        "align": mean_estimate(slope(sin, l1, l2)),
         "align_error": align_error,
-        "align_span": mean_estimate(slope(log_sin, l0, l2)),
+        "align_span": mean_estimate(slope(sin, l0, l2)),
         "span_error": align_error / 2,
-        "align_plus_separation": late_sum,
-        "sum_error": abs(late_sum.value - early_sum.value),
-        "separation": float(np.mean(slope(log_gap, l1, l2))),
-        "align_plus_twice_separation_span": mean_estimate(slope(log_sin, l0, l2) + 2 * slope(log_gap, l0, l2)),
-        "twice_span_error": abs(float(np.mean(late_align + 2 * slope(log_gap, l1, l2)))
-                                - float(np.mean(early_align + 2 * slope(log_gap, l0, l1)))) / 2,
+        "align_plus_separation": mean_estimate(windows(sin, gap, 1.0)[1]),
+        "sum_error": transient(1.0),
+        "separation": float(np.mean(slope(gap, l1, l2))),
+        "align_plus_twice_separation_span": mean_estimate(slope(sin, l0, l2) + 2 * slope(gap, l0, l2)),
+        "twice_span_error": transient(2.0) / 2,
+        "networks": (half, batch - half),
     }
 
 

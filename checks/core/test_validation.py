@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +107,25 @@ def test_training_helpers_reject_bad_input(rng):
         train_masked_linear(ws, gates, x, x, math.nan, 1)
     with pytest.raises(ValueError, match="lengths"):
         alignment_profile(factors, [2, 4], 1)
+
+
+def test_alignment_model_errors_come_from_the_other_half():
+    """:func:`alignment_rates` (claim alignment): the estimates use the first half of the networks and the model
+    errors only the second, so moving the first half moves the estimates and leaves the model errors as they were."""
+    from theorems.experiments import alignment_rates
+
+    lengths = (10, 20, 30)
+    g = np.random.default_rng(0)
+    log_sin = {l: -0.03 * l + g.normal(size=8) for l in lengths}
+    log_gap = {l: 0.03 * l + g.normal(size=8) for l in lengths}
+    shifted = {l: np.concatenate([v[:4] - 0.01 * l, v[4:]]) for l, v in log_sin.items()}
+    before, after = alignment_rates(log_sin, log_gap, lengths), alignment_rates(shifted, log_gap, lengths)
+    assert before["networks"] == (4, 4)
+    assert after["align"].value == pytest.approx(before["align"].value - 0.01)
+    for error in ("align_error", "sum_error", "span_error", "twice_span_error"):
+        assert after[error] == before[error]
+    with pytest.raises(ValueError, match="at least 4"):
+        alignment_rates({l: v[:3] for l, v in log_sin.items()}, log_gap, lengths)
 
 
 def test_stable_learning_rate_keeps_gd_stable_and_is_not_vacuous(rng):
