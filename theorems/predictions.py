@@ -31,6 +31,7 @@ __all__ = [
     "log_det_rate",
     "correlation_from_eta",
     "edge_of_stability_density",
+    "relaxation_late_share",
 ]
 
 
@@ -236,3 +237,10 @@ def edge_of_stability_density(width: int) -> float:
     """The printed sufficient density ``log(n)^5 / n`` of full Thm 5 (claims edge-of-stability)."""
     n = check_int("width", width, minimum=2)
     return math.log(n) ** 5 / n
+
+
+def relaxation_late_share(periods: float) -> float:
+    """Share of a relaxation a + b e^(-t/τ)'s change over [0, T] made in [T/2, T], for T = ``periods`` τ:
+    q / (1 + q) with q = e^(-T/2τ) (claim descent-convergence)."""
+    q = math.exp(-periods / 2)
+    return q / (1 + q)

@@ -39,6 +39,7 @@ __all__ = [
     "fit_slope",
     "log_mean_estimate",
     "secant_exponent",
+    "ratio_of_means_estimate",
     "fit_chi2_per_dof",
     "log_factor_allowance",
     "compare",
@@ -188,6 +189,23 @@ def log_mean_estimate(values) -> Estimate:
     if m.value == 0:
         raise ValueError("log |E[X]| needs a non-zero mean; got E[X] = 0")
     return Estimate(math.log(abs(m.value)), m.stderr / abs(m.value), m.dof, m.n)
+
+
+def ratio_of_means_estimate(numerator, denominator) -> Estimate:
+    """E[X] / E[Y] from paired samples, with the delta-method standard error sd(X - R Y) / (sqrt(N) |mean Y|), R the
+    estimate (claim descent-convergence: the share of log||J||'s change in the last half of training).  Per-unit
+    ratios X_b / Y_b would be heavy-tailed wherever some Y_b is near 0; the ratio of means is not.  A mean of Y of
+    exactly 0 is an error."""
+    x, y = _as_array(numerator), _as_array(denominator)
+    if x.size != y.size or x.size < 2:
+        raise ValueError(f"numerator and denominator must be paired samples of >= 2 values; got {x.size} and {y.size}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("ratio of means needs finite samples")
+    mean_y = float(y.mean())
+    if mean_y == 0:
+        raise ValueError("ratio of means needs a non-zero mean denominator; got E[Y] = 0")
+    r = float(x.mean()) / mean_y
+    return Estimate(r, float((x - r * y).std(ddof=1) / (math.sqrt(x.size) * abs(mean_y))), x.size - 1, x.size)
 
 
 def secant_exponent(xs, log_means: Sequence[Estimate]) -> Estimate:

@@ -12,9 +12,11 @@ from hypothesis import given, strategies as st
 from theorems.experiments import gate_test_pvalues
 from theorems.ensembles import Ensemble, sample_weights
 from theorems.seeding import generator
+from theorems.predictions import relaxation_late_share
 from theorems.profiles import Sizes, training_flops
 from theorems.stats import (Estimate, binomial_pvalue, compare, compare_at_most, compare_below, log_factor_allowance,
-                            log_mean_estimate, mean_estimate, secant_exponent, significance_test)
+                            log_mean_estimate, mean_estimate, ratio_of_means_estimate, secant_exponent,
+                            significance_test)
 from theorems.training import (balance_defects, gates_after_training, regression_data,
                                train_masked_linear, train_mlp)
 
@@ -247,7 +249,12 @@ class DescentSizes(NamedTuple):
 DESCENT_SIZES = Sizes(quick=DescentSizes(32, 4, 64, 200, 48), full=DescentSizes(256, 8, 256, 2000, 48))
 DESCENT_DIGITS_WIDTH, DESCENT_DIGITS_SAMPLES = 64, Sizes(quick=128, full=512)  # digits: width, samples
 DESCENT_GRID = (0.3, 0.1, 0.03, 0.01)  # App. G's learning rates
-SLOW_FACTOR = 30  # the negative control trains each network at its learning rate / SLOW_FACTOR
+SLOW_FACTOR = 30  # the recorded slow arm trains each network at its learning rate / SLOW_FACTOR
+
+
+#: 'Settled' (claim descent-convergence): the last half carries at most this share of the change, i.e. the run lasted
+#: at least 2 ln 9 ≈ 4.4 relaxation times (``relaxation_late_share(2 ln 9)`` = 0.1).
+SETTLED_SHARE = 0.1
 
 
 @pytest.mark.claim("descent-convergence")
@@ -257,14 +264,19 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
     {0.3, 0.1, 0.03, 0.01} that gives it the lowest final loss among those at which it stays finite (a rule fixed
     before the measurement; one lr for all networks would be set by the least stable of them: with 48 networks some
     network diverges or dies at 0.3 and 0.1, and at 0.03 the norm is still moving after 200 steps).  Statistics: the
-    early change of log||J|| (first 20% of steps) is negative (one-sided, rejected >= 0); the change over the last
-    half is below 10% of the total change (one-sided).  The 10%: for a relaxation log||J_t|| = a + b e^(-t/τ) the
-    last half's share of the change is about e^(-T/2τ), so below 0.1 iff the run lasts more than 2 ln 10 ≈ 4.6
-    relaxation times (99% of the way).  Negative control, recorded with its miss probability (too little power to
-    assert at these sizes): the same networks at 1/SLOW_FACTOR of their learning rates for the same steps (a
-    relaxation that much slower: the last half keeps 30-45% of the change) are not 'settled'.  (The first half of the
-    tuned run was the control before; it followed from the check: first + last half = total.)  The early drop is
-    asserted with a wide margin (about 20 standard errors)."""
+    early change of log||J|| (first 20% of steps) is negative (one-sided, rejected >= 0); the share of the total
+    change made in the last half, R = E[late change] / E[total change] (ratio of means, delta-method error:
+    :func:`ratio_of_means_estimate`), is 0 within a model error of 0.1.  The 0.1: for a relaxation
+    log||J_t|| = a + b e^(-t/τ), R = q / (1 + q) with q = e^(-T/2τ), so |R| <= 0.1 iff the run lasts T >= 2 ln 9 τ
+    ≈ 4.4 relaxation times (98.8% of the way).  Means, not per-network |changes|: at the tuned lr each network's
+    log-norm jitters on its plateau (about 0.1 over the last half at lr = 0.3), so E|late| / E|total| stays near 0.12-0.15
+    however long the run (0.20-0.27 after 400 steps, three seeds) and measures the jitter, not the drift.
+    Negative control (an exact rival law, asserted): a relaxation still under way, T = 2τ (86% of the way),
+    R = 1/(1 + e) ≈ 0.27, is rejected (about 7 standard errors at 48 networks).  Recorded with its miss
+    probability: the same networks at 1/SLOW_FACTOR of their learning rates for the same steps (R ≈ 0.2-0.3 over
+    five seeds) are not settled; with 48 networks that is 3-6 standard errors, too few to assert at the suite's
+    level.  (The first half of the tuned run was the control before; it followed from the check: first + last
+    half = total.)  The early drop is asserted with a wide margin (about 20 standard errors)."""
     n, L, samples, steps, batch = profile.pick(*DESCENT_SIZES)
     if data == "digits":
         n, samples = DESCENT_DIGITS_WIDTH, profile.pick(*DESCENT_DIGITS_SAMPLES)
@@ -289,16 +301,17 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
     verdict.reject(compare_at_most("early change of log||J|| >= 0? (drop expected)",
                                    Estimate(-mean_estimate(early).value, mean_estimate(early).stderr, batch - 1, batch),
                                    0.0))
-    verdict.check(compare_at_most("|late change| - 0.1 |total change|",
-                                  mean_estimate(np.abs(late) - 0.1 * np.abs(total)), 0.0))
-    # negative control: the same networks, each at 1/SLOW_FACTOR of its learning rate for the same steps, are not settled
+    share = ratio_of_means_estimate(late, total)
+    verdict.check(compare("share of the change in the last half, E[late] / E[total]", share, 0.0,
+                          model_error=SETTLED_SHARE))
+    verdict.reject(compare("share vs a relaxation still under way, T = 2τ (negative control)", share,
+                           relaxation_late_share(2.0)))
+    # the same networks, each at 1/SLOW_FACTOR of its learning rate for the same steps, are not settled: recorded
     slow = train_mlp(ws, x, z, np.asarray(grid)[pick] / SLOW_FACTOR, steps, record_every=steps // 20).log_norm
     assert np.isfinite(slow).all(), f"a network diverged or died at 1/{SLOW_FACTOR} of its learning rate"
-    # recorded, not asserted: with 48 networks it is about 6 standard errors from 0 (miss probability ~0.02 at the
-    # per-assertion level; 4.5 at lr/10, 6.6 at lr/100): the 'settled' criterion itself has little power here
-    verdict.record(compare_at_most(f"|late change| - 0.1 |total change| at lr/{SLOW_FACTOR} "
-                                   "(negative control: not settled)",
-                                   mean_estimate(np.abs(slow[-1] - slow[half]) - 0.1 * np.abs(slow[-1] - slow[0])), 0.0))
+    verdict.record(compare(f"share of the change in the last half at lr/{SLOW_FACTOR} (not settled)",
+                           ratio_of_means_estimate(slow[-1] - slow[half], slow[-1] - slow[0]), 0.0,
+                           model_error=SETTLED_SHARE))
 
 
 # --- approx-trained-gates (Approx. 2) ---------------------------------------------------------------

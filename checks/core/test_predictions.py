@@ -193,3 +193,15 @@ def test_bartlett_offset_is_the_neighbouring_formula():
     assert shifted == pytest.approx(0.5 * (math.log(2 * s2 / n) + special.digamma((n - i + 2) / 2)))
     with pytest.raises(ValueError, match="dof_offset"):
         P.lyapunov_exponents(n, 1.0, s2, 2, dof_offset=-1)
+
+
+def test_relaxation_late_share():
+    """descent-convergence's 'settled': a relaxation's last half carries q/(1+q), q = e^(-T/2τ): 1/2 for T -> 0 (a
+    linear drift), 0.1 at T = 2 ln 9 τ (SETTLED_SHARE), 1/(1+e) at T = 2τ (the negative control's rival)."""
+    assert P.relaxation_late_share(1e-12) == pytest.approx(0.5)
+    assert P.relaxation_late_share(2 * math.log(9)) == pytest.approx(0.1, rel=1e-12)
+    assert P.relaxation_late_share(2.0) == pytest.approx(1 / (1 + math.e), rel=1e-12)
+    t = np.linspace(0, 3.0, 3001)  # T = 3τ sampled: the share from the curve itself
+    curve = np.exp(-t)
+    assert (curve[-1] - curve[1500]) / (curve[-1] - curve[0]) == pytest.approx(P.relaxation_late_share(3.0), rel=1e-12)
+

@@ -304,6 +304,27 @@ def test_secant_exponent_of_a_power_law_and_its_error():
         secant_exponent([64, 4], ests[:2])
 
 
+def test_ratio_of_means_estimate_delta_method():
+    """A constant denominator c gives mean(X)/c with X's standard error over |c|; X proportional to Y gives the
+    constant with no error (the delta method's X - R Y vanishes); bad input names the problem."""
+    from theorems.stats import mean_estimate, ratio_of_means_estimate
+
+    x = np.array([0.3, -0.1, 0.5, 0.2])
+    got = ratio_of_means_estimate(x, np.full(4, -2.0))
+    assert got.value == pytest.approx(x.mean() / -2.0, abs=1e-15)
+    assert got.stderr == pytest.approx(mean_estimate(x).stderr / 2.0, rel=1e-12)
+    assert (got.dof, got.n) == (3, 4)
+    y = np.array([-1.0, -2.0, -0.5, -3.0])
+    exact = ratio_of_means_estimate(0.1 * y, y)
+    assert exact.value == pytest.approx(0.1, abs=1e-15) and exact.stderr == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(ValueError, match="paired"):
+        ratio_of_means_estimate(x, y[:3])
+    with pytest.raises(ValueError, match="non-zero"):
+        ratio_of_means_estimate(x, np.array([1.0, -1.0, 1.0, -1.0]))
+    with pytest.raises(ValueError, match="finite"):
+        ratio_of_means_estimate(x, np.array([1.0, np.nan, 1.0, 1.0]))
+
+
 def test_log_mean_estimate_delta_method():
     from theorems.stats import log_mean_estimate
 
