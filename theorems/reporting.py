@@ -419,8 +419,9 @@ def run_selection(config) -> dict:
     keyword, markexpr = config.getoption("keyword", ""), config.getoption("markexpr", "")
     deselect = config.getoption("deselect", None) or []
     last_failed = bool(config.getoption("lf", False) or config.getoption("last_failed_no_failures", None) == "none")
-    narrowed = bool(args) and sorted(Path(a).resolve() for a in args) != sorted(
-        (config.rootpath / p).resolve() for p in testpaths)
+    # with no testpaths, pytest runs the invocation directory: a bare `pytest` in a user project is not narrowed
+    default = sorted((config.rootpath / p).resolve() for p in testpaths) or [Path(config.invocation_params.dir).resolve()]
+    narrowed = bool(args) and sorted(Path(a).resolve() for a in args) != default
     return {"args": args, "keyword": keyword, "markexpr": markexpr, "deselect": list(deselect),
             "filtered": bool(narrowed or keyword or markexpr or deselect or last_failed)}
 
@@ -444,7 +445,8 @@ def registered_checks(config) -> dict:
             pass  # a damaged cache entry: collect again
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "claims.json"
-        cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0",
+        no_xdist = ["-n", "0"] if config.pluginmanager.hasplugin("xdist") else []  # a user project may lack xdist
+        cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *no_xdist,
                f"--theorems-profile={option(config, 'profile')}",
                *[str(p) for p in (config.getini("testpaths") or [])]]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}

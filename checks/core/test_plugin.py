@@ -39,6 +39,19 @@ def test_example_project_gets_fixtures_verdicts_and_junit_properties(example, xd
     assert {"claim", "statistic", "estimate", "prediction", "ci_low", "ci_high", "role"} <= set(properties[0])
 
 
+@pytest.mark.parametrize("args", [[], ["-k", "image"]], ids=["bare", "filtered"])
+def test_a_project_without_xdist_or_testpaths_runs_unfiltered_and_collects_when_filtered(example, args, monkeypatch):
+    """A user project need not have pytest-xdist or testpaths: a bare `pytest` there runs its invocation directory
+    (not 'filtered'), and a `-k` run, which asks a collection subprocess which checks did not run, must not pass
+    that subprocess xdist's `-n` (PYTEST_ADDOPTS keeps xdist out of the subprocess too)."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:xdist")
+    result = example.runpytest_subprocess("-p", "no:cacheprovider", "--theorems-seed=7", *args)
+    result.assert_outcomes(passed=2)
+    doc = json.loads((example.path / "reports" / "latest" / "verdicts.json").read_text())
+    assert doc["selection"]["filtered"] is bool(args), doc["selection"]
+    assert "could not collect" not in result.stdout.str() + result.stderr.str()
+
+
 def test_help_lists_the_prefixed_options(pytester):
     out = pytester.runpytest_subprocess("--help").stdout.str()
     for name in ("--theorems-profile", "--theorems-device", "--theorems-seed", "--theorems-report-dir",
