@@ -183,13 +183,14 @@ class Ensemble:
             raise ValueError(f"{what} is the closed form of iid Gaussian weights; this ensemble's weights are {kind}: "
                              "use ens.with_(pruning=None, eta=0.0) for the unperturbed model's")
 
-    def lyapunov_exponents(self, k: int = 1):
+    def lyapunov_exponents(self, k: int = 1, **options):
         """gamma_1..gamma_k(n, p, σ²) of this model (closed form 2; claims lyapunov, critical-init): exact at every
-        depth for Gaussian weights with Bernoulli(p) gates, none (p = 1) or ReLU gates (p = 1/2)."""
+        depth for Gaussian weights with Bernoulli(p) gates, none (p = 1) or ReLU gates (p = 1/2).  ``options``:
+        those of :func:`theorems.predictions.lyapunov_exponents` (``max_dropout``, ``dof_offset``)."""
         from .predictions import lyapunov_exponents
 
         self._iid_gaussian("lyapunov_exponents")
-        return lyapunov_exponents(self.width, self.effective_keep_prob, self.sigma2, k)
+        return lyapunov_exponents(self.width, self.effective_keep_prob, self.sigma2, k, **options)
 
     def free_log_rate(self) -> float:
         """½ log(σ² p): the n -> inf per-layer rate of log||J|| of this model (theorems.predictions.free_log_rate)."""

@@ -17,7 +17,6 @@ from .ensembles import Ensemble, Pruning
 from .experiments import alignment_profile, log_norms_at, log_singular_values_at, qr_exponents
 from .predictions import (
     edge_of_stability_density,
-    lyapunov_exponents,
     magnitude_pruning_scale,
     masked_product_edge,
     random_pruning_scale,
@@ -75,9 +74,10 @@ def fig_norm_vs_depth(out, sizes, seed, device):
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     g = generator(derive_seed(seed, "fig_norm_vs_depth"), device)
     for s2 in (0.5, 2.0, 4.0):
-        ln = log_norms_at(Ensemble(n, depths[-1], sigma2=s2, gates="relu", batch=b), depths, g, device)
+        ens = Ensemble(n, depths[-1], sigma2=s2, gates="relu", batch=b)
+        ln = log_norms_at(ens, depths, g, device)
         line = _band(ax[0], depths, [ln[L] for L in depths], f"σ²={s2} (ReLU MLP)")
-        g1 = lyapunov_exponents(n, 0.5, s2, 1)[0]
+        g1 = ens.lyapunov_exponents(1)[0]
         ax[0].plot(depths, [0.5 * math.log(masked_product_edge(L, 0.5, s2)) for L in depths], ":", color=line.get_color())
         ax[0].plot(depths, [L * g1 for L in depths], "--", color=line.get_color(), lw=0.8)
         if s2 == 2.0:
@@ -101,7 +101,7 @@ def fig_random_pruning(out, sizes, seed, device):
     n, depths, b = sizes["n"], sizes["depths"], sizes["B"]
     g = generator(derive_seed(seed, "fig_random_pruning"), device)
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
-    g1 = lyapunov_exponents(n, 0.5, 2.0, 1)[0]
+    g1 = Ensemble(n, depths[-1], gates="relu", batch=b).lyapunov_exponents(1)[0]  # the unpruned model's
     for s in (0.0, 0.5, 0.9, 0.99):
         for a, scaled in zip(ax, (False, True)):
             pr = None if s == 0 else Pruning("random", s, random_pruning_scale(s) if scaled else 1.0)
@@ -124,13 +124,14 @@ def fig_magnitude_pruning(out, sizes, seed, device):
     g = generator(derive_seed(seed, "fig_magnitude_pruning"), device)
     fig, ax = plt.subplots(2, 2, figsize=(11, 8))
     titles = ("no scaling", "scale (1-s)^(-1/2)", "scale t_n (Thm 6)")
+    unpruned = Ensemble(n, depths[-1], gates="relu", batch=b)
     for a, title, kind in zip(ax.flat[:3], titles, ("one", "random", "magnitude")):
         for s in (0.5, 0.8, 0.9):
             t = magnitude_pruning_scale(n, s)
             c = {"one": 1.0, "random": random_pruning_scale(s), "magnitude": t}[kind]
-            ln = log_norms_at(Ensemble(n, depths[-1], gates="relu", batch=b, pruning=Pruning("magnitude", s, c)), depths, g, device)
+            ln = log_norms_at(unpruned.with_(pruning=Pruning("magnitude", s, c)), depths, g, device)
             line = _band(a, depths, [ln[L] for L in depths], f"s={s}")
-            _slope_line(a, depths, [ln[L] for L in depths], math.log(c / t) + lyapunov_exponents(n, 0.5, 2.0, 1)[0],
+            _slope_line(a, depths, [ln[L] for L in depths], math.log(c / t) + unpruned.lyapunov_exponents(1)[0],
                         line.get_color())
         a.set(xlabel="depth L", ylabel="log ||J||", title=f"magnitude pruning, {title}")
         a.legend(fontsize=7)
@@ -203,15 +204,17 @@ def fig_lyapunov(out, sizes, seed, device):
     n, k = 64, 32
     for p, gates in ((1.0, "none"), (0.5, "bernoulli"), (0.5, "relu")):
         kk = k if p == 1 else 16
-        est = qr_exponents(Ensemble(n, 100, sigma2=2.0, gates=gates, batch=16), kk, g, device)
+        ens = Ensemble(n, 100, sigma2=2.0, gates=gates, batch=16)
+        est = qr_exponents(ens, kk, g, device)
         ax[0].plot(range(1, kk + 1), est.mean(0), "o", ms=3, label=f"QR, {gates} (p={p})")
-        ax[0].plot(range(1, kk + 1), lyapunov_exponents(n, p, 2.0, kk, max_dropout=1.0), "-", lw=0.8)
+        ax[0].plot(range(1, kk + 1), ens.lyapunov_exponents(kk, max_dropout=1.0), "-", lw=0.8)
     ax[0].set(xlabel="k", ylabel="γ_k", title=f"Lyapunov exponents, n={n}, σ²=2 (lines: closed form)")
     ax[0].legend(fontsize=7)
     n2 = 12
     depths = [6, 12, 24, 48, 96, 192]
-    at = log_singular_values_at(Ensemble(n2, depths[-1], sigma2=2.0, gates="none", batch=64), depths, 3, g, device)
-    gam = lyapunov_exponents(n2, 1.0, 2.0, 3)
+    ens = Ensemble(n2, depths[-1], sigma2=2.0, gates="none", batch=64)
+    at = log_singular_values_at(ens, depths, 3, g, device)
+    gam = ens.lyapunov_exponents(3)
     for i in range(3):
         line, = ax[1].plot(depths, [np.mean(at[L][:, i]) / L for L in depths], "o-", label=f"(1/L) E log s_{i + 1}")
         ax[1].axhline(gam[i], color=line.get_color(), ls="--", lw=0.8)
@@ -225,14 +228,14 @@ def fig_alignment(out, sizes, seed, device):
     plt = _plt()
     g = generator(derive_seed(seed, "fig_alignment"), device)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for n, p, gates in ((8, 1.0, "none"), (48, 0.5, "bernoulli"), (48, 0.5, "relu")):
+    for n, gates in ((8, "none"), (48, "bernoulli"), (48, "relu")):
         L = 100
         lengths = list(range(5, 96, 10))
         ens = Ensemble(n, L, sigma2=2.0, gates=gates, batch=64, input_gate=gates != "bernoulli")
         log_sin, _ = alignment_profile(ens.factors(g, device=device), lengths, 1)
         vals = [float(np.mean(log_sin[l])) for l in lengths]
         line, = ax.plot(lengths, vals, "o-", label=f"{gates}, n={n}")
-        gm = lyapunov_exponents(n, p, 2.0, 2)
+        gm = ens.lyapunov_exponents(2)
         ax.plot(lengths, [vals[2] - (l - lengths[2]) * (gm[0] - gm[1]) for l in lengths], "--", color=line.get_color(), lw=0.8)
     ax.set(xlabel="shared length l (factors at the output end)", ylabel="E log sin θ(u₁(J), u₁(A_l))",
            title="at init (dashed: slope -(γ₁-γ₂))")

@@ -17,7 +17,7 @@ from theorems.experiments import (
     log_singular_values_at,
     qr_exponents,
 )
-from theorems.predictions import lyapunov_exponents, resolvable_k
+from theorems.predictions import resolvable_k
 from theorems.profiles import Sizes, product_flops, training_flops
 from theorems.seeding import generator
 from theorems.spectral import (
@@ -37,13 +37,14 @@ from theorems.training import (
 SIGMA_SHIFT = 0.5 * math.log(1.03)  # negative control: the formula with sigma2 off by 3% shifts every gamma_k by this
 
 
-def near_misses(n, p, sigma2, k):
-    """The neighbouring wrong closed forms a QR check must reject (claim lyapunov, closed form 2): a 2% error in the
-    weight variance (every gamma_i shifts by ½ log 1.02 = 0.0099), an off-by-one in Bartlett's degrees of freedom
-    (chi^2_{m-i+2}: a shift of about 1/(2 m)) and the variance σ²/(n+1) instead of σ²/n (a shift of 1/(2n))."""
-    return {"σ² x 1.02": lyapunov_exponents(n, p, 1.02 * sigma2, k),
-            "Bartlett dof + 1": lyapunov_exponents(n, p, sigma2, k, dof_offset=1),
-            "variance σ²/(n+1)": lyapunov_exponents(n, p, sigma2 * n / (n + 1), k)}
+def near_misses(ens, k):
+    """The neighbouring wrong closed forms a QR check of ``ens`` must reject (claim lyapunov, closed form 2): a 2%
+    error in the weight variance (every gamma_i shifts by ½ log 1.02 = 0.0099), an off-by-one in Bartlett's degrees
+    of freedom (chi^2_{m-i+2}: a shift of about 1/(2 m)) and the variance σ²/(n+1) instead of σ²/n (1/(2n))."""
+    n, sigma2 = ens.width, ens.sigma2
+    return {"σ² x 1.02": ens.with_(sigma2=1.02 * sigma2).lyapunov_exponents(k),
+            "Bartlett dof + 1": ens.lyapunov_exponents(k, dof_offset=1),
+            "variance σ²/(n+1)": ens.with_(sigma2=sigma2 * n / (n + 1)).lyapunov_exponents(k)}
 
 
 # n, p, σ², gates, (L, B) quick and full, and the near misses each case resolves: L·B is set so that the standard
@@ -84,7 +85,7 @@ def test_qr_exponents_match_closed_form(n, p, sigma2, gates, sizes, controls, pr
         e = mean_estimate(est[:, i])
         verdict.check(compare(f"QR gamma_{i + 1}", e, pred[i], sizes=sizes, family=k))
     e = mean_estimate(est[:, 0])
-    wrong = near_misses(n, p, sigma2, 1)
+    wrong = near_misses(ens, 1)
     for name in controls:
         verdict.reject(compare(f"QR gamma_1 vs {name} (negative control)", e, wrong[name][0], sizes=sizes))
 
