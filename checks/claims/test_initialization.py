@@ -115,11 +115,11 @@ def test_printed_rate_L_times_half_sigma2_to_the_L(depth_window, rng, device, ve
     n, l1, l2, b = depth_window
     sigma2 = 4.0
     ens = Ensemble(n, l2, sigma2=sigma2, gates="relu", batch=b)
+    verdict.sizes.update(n=n, L1=l1, L2=l2, B=b, sigma2=sigma2)
     est = depth_slope(ens, l1, l2, rng, device)
     printed = math.log(sigma2 / 2) + (math.log(l2) - math.log(l1)) / (l2 - l1)
     err = slope_model_error(n, l1, l2) + abs(ens.lyapunov_exponents(1)[0] - ens.free_log_rate())
-    verdict.check(compare("per-layer slope vs printed log(σ²/2)", est, printed,
-                          model_error=err, sizes=dict(n=n, L1=l1, L2=l2, B=b, sigma2=sigma2)))
+    verdict.check(compare("per-layer slope vs printed log(σ²/2)", est, printed, model_error=err))
 
 
 # --- free-limit ------------------------------------------------------------------------------------
@@ -192,9 +192,10 @@ def test_printed_semicircular_limit(widths, profile, rng, device, verdict):
     ||J||² -> ||s_1 ... s_L||² with s_i free semicircular of variance 1/2."""
     L = 2
     batch = profile.pick(64, 96)
+    verdict.sizes.update(widths=list(widths), L=L, B=batch)
     a, model_err, _, _ = _edge_extrapolation(L, 0.5, "bernoulli", widths, rng, device, batch, sigma2=1.0)
     verdict.check(compare("E||J||² vs printed ||s_1 s_2||²", a, free_semicircular_product_norm2(L, 0.5),
-                          model_error=model_err, sizes=dict(widths=list(widths), L=L, B=batch)))
+                          model_error=model_err))
 
 
 def work(profile) -> float:

@@ -80,14 +80,14 @@ def test_qr_exponents_match_closed_form(n, p, sigma2, gates, sizes, controls, pr
     ens = Ensemble(n, depth, sigma2=sigma2, gates=gates, keep_prob=p if gates == "bernoulli" else 0.5, batch=batch)
     est = qr_exponents(ens, k, rng, device)
     pred = ens.lyapunov_exponents(k)
-    sizes = dict(n=n, p=p, sigma2=sigma2, gates=gates, L=depth, B=batch, k=k)
+    verdict.sizes.update(n=n, p=p, sigma2=sigma2, gates=gates, L=depth, B=batch, k=k)
     for i in range(k):
         e = mean_estimate(est[:, i])
-        verdict.check(compare(f"QR gamma_{i + 1}", e, pred[i], sizes=sizes, family=k))
+        verdict.check(compare(f"QR gamma_{i + 1}", e, pred[i], family=k))
     e = mean_estimate(est[:, 0])
     wrong = near_misses(ens, 1)
     for name in controls:
-        verdict.reject(compare(f"QR gamma_1 vs {name} (negative control)", e, wrong[name][0], sizes=sizes))
+        verdict.reject(compare(f"QR gamma_1 vs {name} (negative control)", e, wrong[name][0]))
 
 
 @pytest.mark.claim("lyapunov")
@@ -134,7 +134,7 @@ def test_singular_values_converge_with_first_order_correction(p, n, profile, rng
     # independent of the checked ones, so that it does not grow with their noise
     other = {L: log_singular_values_at(ens.with_(depth=L), [L], k, rng, device)[L] for L in FINITE_DEPTHS}
     pred = ens.lyapunov_exponents(k)
-    sizes = dict(n=n, p=p, depths=list(FINITE_DEPTHS), B=batch, independent_per_depth=True)
+    verdict.sizes.update(n=n, p=p, depths=list(FINITE_DEPTHS), B=batch, independent_per_depth=True)
     for i in range(k):
         ok = [bool(resolvable(torch.as_tensor(at[L]))[:, i].all()) for L in FINITE_DEPTHS]
         if not all(ok):  # flagged, not asserted (the precision floor, theorems.spectral.resolvable)
@@ -148,12 +148,12 @@ def test_singular_values_converge_with_first_order_correction(p, n, profile, rng
         err = extrapolation_first_point_shift(FINITE_DEPTHS, [m.value for m in independent],
                                               [m.stderr for m in independent], power=1.0)
         verdict.check(compare(f"(1/L) log s_{i + 1} extrapolated in 1/L", a, pred[i], model_error=err,
-                              sizes=sizes, family=k, note=f"b = {b.value:.3f} ± {b.stderr:.3f}; fit p = {pfit:.3g}"))
+                              family=k, note=f"b = {b.value:.3f} ± {b.stderr:.3f}; fit p = {pfit:.3g}"))
         assert pfit > FALSE_FAIL_RATE / k, (f"a + b/L does not describe (1/L) E log s_{i + 1}: fit p = {pfit:.3g} "
-                                            f"< {FALSE_FAIL_RATE / k:.2g}; {sizes}")
+                                            f"< {FALSE_FAIL_RATE / k:.2g}; {verdict.sizes}")
         if i == 0:
             verdict.reject(compare("extrapolated gamma_1 vs 1.03 σ² (negative control)", a,
-                                   pred[0] + SIGMA_SHIFT, model_error=err, sizes=sizes))
+                                   pred[0] + SIGMA_SHIFT, model_error=err))
 
 
 # --- spectral separation ---------------------------------------------------------------------------
@@ -270,19 +270,18 @@ def align_model(gates):
 ALIGNMENT_CONTROLS = ("no alignment", "twice the rate")
 
 
-def _check_alignment_rates(verdict, rates, sizes, label="", asserted=ALIGNMENT_CONTROLS):
+def _check_alignment_rates(verdict, rates, label="", asserted=ALIGNMENT_CONTROLS):
     """The comparisons shared by the alignment checks at init and after training (see their docstrings).
     The negative controls not named in ``asserted`` are recorded (with their estimated miss probabilities), not
     asserted, where the sizes give them too little power for the suite's budget."""
     verdict.check(compare(f"slope of E log sin θ + slope of E log(s_k/s_k+1)(A_l){label}",
-                          rates["align_plus_separation"], 0.0, model_error=rates["sum_error"], sizes=sizes,
+                          rates["align_plus_separation"], 0.0, model_error=rates["sum_error"],
                           note=f"alignment slope {rates['align'].value:.4f}, separation slope {rates['separation']:.4f}"))
     controls = [compare(f"slope of E log sin θ over the span vs 0{label} (negative control)",
-                        rates["align_span"], 0.0, model_error=rates["span_error"], sizes=sizes),
+                        rates["align_span"], 0.0, model_error=rates["span_error"]),
                 compare(f"slope of E log sin θ + 2 x slope of E log(s_k/s_k+1) over the span{label} "
                         "(negative control: sin θ ∝ (s_k+1/s_k)², twice the rate)",
-                        rates["align_plus_twice_separation_span"], 0.0, model_error=rates["twice_span_error"],
-                        sizes=sizes)]
+                        rates["align_plus_twice_separation_span"], 0.0, model_error=rates["twice_span_error"])]
     for name, control in zip(ALIGNMENT_CONTROLS, controls):
         (verdict.reject if name in asserted else verdict.record)(control)
 
@@ -309,12 +308,12 @@ def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng
     L = lengths[-1] + ALIGN_TAIL
     ens = Ensemble(n, L, sigma2=sigma2, gates=gates, batch=batch, input_gate=gates != "bernoulli")
     rates = alignment_rates(*alignment_profile(ens.factors(rng, device=device), lengths, 1), lengths)
-    sizes = dict(n=n, p=p, gates=gates, L=L, lengths=list(lengths), B=batch)
-    _check_alignment_rates(verdict, rates, sizes)
+    verdict.sizes.update(n=n, p=p, gates=gates, L=L, lengths=list(lengths), B=batch)
+    _check_alignment_rates(verdict, rates)
     if gates == "none":
         g = ens.lyapunov_exponents(2)
         verdict.check(compare("slope of E log sin θ_1 vs -(gamma_1 - gamma_2)", rates["align"],
-                              -(g[0] - g[1]), model_error=rates["align_error"], sizes=sizes))
+                              -(g[0] - g[1]), model_error=rates["align_error"]))
 
 
 class TrainedAlignment(NamedTuple):
@@ -361,25 +360,25 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
         loss_ratio = torch.as_tensor(run.loss[-1] / run.loss[0])
         factors = mlp_factors(run.weights, x[:, 0])
     assert torch.isfinite(loss_ratio).all(), "training diverged"
-    sizes = dict(model=model, n=n, L=L, lengths=list(lengths), B=batch, steps=steps, samples=samples, data="digits",
+    verdict.sizes.update(model=model, n=n, L=L, lengths=list(lengths), B=batch, steps=steps, samples=samples, data="digits",
                  k=k)
     verdict.record(compare("final loss / initial loss (digits)", mean_estimate(loss_ratio.cpu().numpy()),
-                           0.0, sizes=sizes))
+                           0.0))
     # The trained fixed-gates network's no-alignment control has too little power at quick sizes: its span slope is
     # about -0.03 (-0.035 at the default seed, -0.022 at master seed 101) against a detectable 0.029 (16 networks for
     # the estimate, 16 for the model error): recorded in the quick profile, asserted in full.
     # Twice the rate is told apart only by the separation slope itself (about 0.02-0.03 per layer against a
     # detectable 0.02-0.03 with 32-48 trained networks): recorded here; the init check asserts it.
     asserted = ("no alignment",) if profile.full or model == "relu" else ()
-    _check_alignment_rates(verdict, alignment_rates(*alignment_profile(factors, lengths, k), lengths), sizes,
+    _check_alignment_rates(verdict, alignment_rates(*alignment_profile(factors, lengths, k), lengths),
                            label=f" (trained {model}, k = {k})", asserted=asserted)
     top1 = alignment_rates(*alignment_profile(factors, lengths, 1), lengths)
     verdict.record(compare("slope of E log sin θ_1 (trained, k = 1)", top1["align"], 0.0,
-                           model_error=top1["align_error"], sizes=sizes))
+                           model_error=top1["align_error"]))
     mismatched = alignment_rates(*alignment_profile(factors, lengths, k, pair_with=np.roll(np.arange(batch), 1)),
                                  lengths)
     verdict.record(compare(f"slope of E log sin θ_{k}, mismatched pairs", mismatched["align"], 0.0,
-                           model_error=mismatched["align_error"], sizes=sizes))
+                           model_error=mismatched["align_error"]))
 
 
 def work(profile) -> float:

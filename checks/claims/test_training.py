@@ -72,7 +72,7 @@ def test_change_stays_bounded_in_depth(profile, rng, device, verdict):
     [0.38, 0.94], at n = 128, L <= 64 against 0.93 for the negative control), so its verdict at reachable
     sizes is inconclusive; the scale-free log change is the reading that separates the two learning rates."""
     n, depths, steps, batch, c = profile.pick(*STABILITY_SIZES)
-    sizes = dict(n=n, depths=list(depths), steps=steps, B=batch, c=c)
+    verdict.sizes.update(n=n, depths=list(depths), steps=steps, B=batch, c=c)
     allowance = log_factor_allowance([depths[0], depths[-1]])
 
     def exponents(lr_at, label):
@@ -89,19 +89,19 @@ def test_change_stays_bounded_in_depth(profile, rng, device, verdict):
 
     logs, absolute, collapsed = exponents(lambda L: c / (n * L**3), "c_over_nL3")
     assert not any(collapsed), (f"[training-stability] J collapsed to 0 during training at lr = c/(nL^3) (fraction "
-                                f"{collapsed} at depths {list(depths)}): an unbounded change; sizes {sizes}")
+                                f"{collapsed} at depths {list(depths)}): an unbounded change; sizes {verdict.sizes}")
     verdict.check(compare_at_most("exponent in L of E max|Δ log||J|||, lr = c/(nL^3)", logs, 0.0,
-                                  model_error=allowance, sizes=sizes))
+                                  model_error=allowance))
     verdict.record(compare_at_most("exponent in L of E max|Δ||J||| (printed), lr = c/(nL^3)",
-                                   absolute, 0.0, model_error=allowance, sizes=sizes))
+                                   absolute, 0.0, model_error=allowance))
     logs_u, absolute_u, collapsed_u = exponents(lambda L: c / (16 * n), "c_over_16n")
     if any(collapsed_u):  # the negative control's change is unbounded outright: rejected by the collapse itself
         verdict.note(negative_control_collapse_fraction_by_depth=dict(zip(depths, collapsed_u)))
         return
     verdict.reject(compare_at_most("exponent in L of E max|Δ log||J|||, lr = c/(16n) "
-                                   "(negative control)", logs_u, 0.0, model_error=allowance, sizes=sizes))
+                                   "(negative control)", logs_u, 0.0, model_error=allowance))
     verdict.record(compare_at_most("exponent in L of E max|Δ||J||| (printed), lr = c/(16n)",
-                                   absolute_u, 0.0, model_error=allowance, sizes=sizes))
+                                   absolute_u, 0.0, model_error=allowance))
 
 
 # --- stagnation-phase (Thm 3) ----------------------------------------------------------------------
