@@ -23,7 +23,7 @@ from .validation import check_int, check_real
 
 __all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects",
            "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network",
-           "mlp_stable_learning_rate", "GateShift", "gates_after_training"]
+           "mlp_stable_learning_rate", "relative_weight_change", "GateShift", "gates_after_training"]
 
 
 @dataclass
@@ -40,6 +40,13 @@ def mlp_forward(weights, x):
     for w in weights:
         ys.append(torch.relu(ys[-1]) @ w.mT)
     return ys
+
+
+def relative_weight_change(after, before) -> torch.Tensor:
+    """Per network (B,): mean over layers of ``||W_l^t - W_l^0||_F / ||W_l^0||_F`` (how far training moved the
+    weights; claims approx-trained-gates, alignment)."""
+    return torch.stack([torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b)
+                        for a, b in zip(after, before)]).mean(0)
 
 
 def mlp_factors(weights, x0):
@@ -247,7 +254,7 @@ def gates_after_training(n: int, layer: int, batch: int, lr: float, steps: int, 
     before = mlp_factors(ws, x[:, 0])[layer].gate
     run = train_mlp(ws, x, z, lr, steps, record_every=steps)
     after = mlp_factors(run.weights, x[:, 0])[layer].gate
-    change = torch.stack([torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b) for a, b in zip(run.weights, ws)])
+    change = relative_weight_change(run.weights, ws)
     w, w_next = run.weights[layer - 1], run.weights[layer]
     return GateShift(before.mean(-1).cpu().numpy(), after.mean(-1).cpu().numpy(), float(change.mean()),
                      (w.cpu().numpy(), after.cpu().numpy(), w_next.cpu().numpy()))
