@@ -12,7 +12,7 @@ from theorems.experiments import STABILITY_THRESHOLD, bootstrap_crossing, correl
 from theorems.predictions import correlation_from_eta
 from theorems.profiles import Profile, Sizes, WidthSweep, product_flops
 from theorems.seeding import generator
-from theorems.stats import compare, fit_chi2_per_dof, fit_slope, log_factor_allowance, mean_estimate
+from theorems.stats import compare, fit_chi2_per_dof, fit_slope, log_factor_allowance, mean_estimate, secant_exponent
 
 C_GRID = (0.25, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)  # eta * sqrt(n)
 # quick, full: widths, networks per ensemble {gated, ReLU}, depth window L1, L2
@@ -37,11 +37,11 @@ GATES = ("bernoulli", "relu")
 
 
 class Sweep(NamedTuple):
-    """One gate model's threshold sweep: widths, networks per ensemble, depth window, and per width the
-    (log corr* estimate, slope samples per C_GRID point, iid reference slopes) of :func:`threshold`."""
+    """One gate model's threshold sweep: widths, networks per ensemble at each width, depth window, and per width
+    the (log corr* estimate, slope samples per C_GRID point, iid reference slopes) of :func:`threshold`."""
 
     widths: tuple
-    batch: int
+    batches: list
     l1: int
     l2: int
     points: list
@@ -61,6 +61,14 @@ def sweep_widths(gates, widths):
     return widths if gates == "bernoulli" else widths[2:]
 
 
+def networks_at(batch: int, n: int, n_max: int) -> int:
+    """Networks per ensemble at width n: four times ``batch`` at widths up to a quarter of the largest.  They cost
+    (n / n_max)^3 <= 1/64 as much per network, and the asserted exponent is a secant whose error is the hypot of its
+    two end points' errors: at the smallest width the crossing's bootstrap error was 0.2-0.25 in log corr* with 96
+    networks, three times the largest width's, and it set the exponent's error."""
+    return 4 * batch if 4 * n <= n_max else batch
+
+
 @pytest.fixture(scope="module")
 def sweep(gates, request, device) -> Sweep:
     """The gate model's :class:`Sweep`, computed once per module and model and shared by this module's checks of
@@ -71,7 +79,8 @@ def sweep(gates, request, device) -> Sweep:
     seed = seed_for(request, f"::{gates}")
     rng = generator(seed, device)
     widths, batch = sweep_widths(gates, all_widths), batches[gates]
-    return Sweep(widths, batch, l1, l2, [threshold(gates, n, batch, l1, l2, rng, device, seed) for n in widths])
+    batches = [networks_at(batch, n, widths[-1]) for n in widths]
+    return Sweep(widths, batches, l1, l2, [threshold(gates, n, b, l1, l2, rng, device, seed) for n, b in zip(widths, batches)])
 
 
 GATE_MODELS = [pytest.param(g, marks=pytest.mark.xdist_group(f"correlated-weights-{g}")) for g in GATES]
@@ -88,9 +97,12 @@ LOG_POWER = 3
 @pytest.mark.claim("correlated-weights")
 @pytest.mark.parametrize("gates", GATE_MODELS, scope="module")
 def test_threshold_scales_like_one_over_n(gates, sweep, profile, verdict):
-    """Statistic: exponent a of the empirical threshold corr*(n) ∝ n^a (weighted fit of log corr* on log n,
-    bootstrap errors, which match the spread over 16 seeds: 0.068 against 0.060); prediction -1 up to the paper's
-    logarithmic term (model error :func:`log_factor_allowance` with power ``LOG_POWER``).  In the gated model and in
+    """Statistic: exponent a of the empirical threshold corr*(n) ∝ n^a across the width range, the secant between
+    the smallest and the largest width (:func:`secant_exponent`; bootstrap errors of each end point, independent
+    networks); prediction -1 up to the paper's logarithmic term (model error :func:`log_factor_allowance` of the
+    two end points with power ``LOG_POWER``: exact for a factor log(n)^b).  The weighted fit over all widths is
+    recorded: corr* n bends (a kink near n = 48, chi^2/dof 2-7), so the fit's Birge-inflated error reached 0.13 and
+    its a = 0 control failed to reject at calibration seed 605 (-0.53 with a 99.996% interval up to +0.02).  In the gated model and in
     the ReLU MLP (where a negative shared shift can close every gate: a collapse counts as broken, and the median
     deviation is used).  The effective log power (a + 1) / slope(log log n on log n) is recorded.
     Negative controls, each an exact rival law (no log allowance: each fixes its own log factor): a threshold that
@@ -98,18 +110,20 @@ def test_threshold_scales_like_one_over_n(gates, sweep, profile, verdict):
     read as the threshold, corr* ∝ 1/(n log^3 n), are rejected.  n^-1/2 is not a control: at reachable widths it
     lies within about one standard error of the measured -0.6 to -0.8 (log factors and powers are collinear over a
     factor 16 in n)."""
-    widths, batch, l1, l2, points = sweep
+    widths, batches, l1, l2, points = sweep
     logs = np.array([t[0].value for t in points])
     ses = np.array([t[0].stderr for t in points])
-    slope = fit_slope(np.log(widths), logs, ses)
-    verdict.sizes.update(widths=list(widths), B=batch, L1=l1, L2=l2, gates=gates, theta=STABILITY_THRESHOLD)
-    per_log_power = log_factor_allowance(widths, stderrs=ses)
+    slope = secant_exponent(widths, [t[0] for t in points])
+    verdict.sizes.update(widths=list(widths), B=batches, L1=l1, L2=l2, gates=gates, theta=STABILITY_THRESHOLD)
+    per_log_power = log_factor_allowance([widths[0], widths[-1]])
     verdict.note(corr_star_times_n=np.round(np.exp(logs) * np.array(widths), 3).tolist(),
                  log_corr_star_stderr=np.round(ses, 3).tolist(),
                  fit_chi2_per_dof=round(fit_chi2_per_dof(np.log(widths), logs, ses), 2),
                  effective_log_power=round((slope.value + 1) / per_log_power, 2),
                  theorem_bound_corr_times_n=[round(1 / math.log(n) ** 3, 4) for n in widths])
-    verdict.check(compare("exponent of corr*(n)", slope, -1.0,
+    verdict.record(compare("exponent of corr*(n), weighted fit over all widths", fit_slope(np.log(widths), logs, ses),
+                           -1.0, model_error=LOG_POWER * log_factor_allowance(widths, stderrs=ses)))
+    verdict.check(compare("exponent of corr*(n) across the range (secant)", slope, -1.0,
                           model_error=LOG_POWER * per_log_power))
     controls = {"zero": ("exponent vs 0, a width-independent threshold (negative control)", 0.0),
                 "printed-bound": ("exponent vs the printed bound 1/(n log^3 n) as the threshold (negative control)",
@@ -122,9 +136,10 @@ def test_threshold_scales_like_one_over_n(gates, sweep, profile, verdict):
             verdict.record(cmp)
 
 
-#: The controls of the threshold exponent with power at the quick profile's widths: three ReLU widths leave the
-#: exponent's interval about ±0.8 wide (128 networks; ±0.6 with 256), so the measured -0.7 to -1.0 is not told
-#: apart from either rival at every seed; the gated exponent (-0.63 ± 0.07) is 9 standard errors from 0 and 16 from the printed bound's -1.74.
+#: The controls of the threshold exponent with power at the quick profile's widths: the ReLU widths 48-192 leave the
+#: secant's interval about ±0.5 wide (standard error 0.13), so the measured -0.7 to -1.0 is not told apart from either
+#: rival (0, and the printed bound's -1.66 over 48-192) at every seed; the gated secant over 12-192 (-0.53 ± 0.054 at
+#: seed 605) is 10 standard errors from 0 and 24 from the printed bound's -1.81.
 POWERED_IN_QUICK = {("bernoulli", "zero"), ("bernoulli", "printed-bound")}
 
 
@@ -138,8 +153,8 @@ def test_weak_correlation_keeps_iid_rate(gates, sweep, verdict):
     paired difference, far more precise, resolves a finite-n drift of about -0.005 per layer in the ReLU MLP at
     n = 192 (seed 4), as it may: corr = 1/(16n) lies above Thm 8's o(1/(n log^3 n)) at these widths.
     Negative control: far above the threshold (eta sqrt(n) = 4, corr = 16/n) it rejects."""
-    widths, batch, l1, l2, points = sweep
-    n = widths[-1]
+    widths, batches, l1, l2, points = sweep
+    n, batch = widths[-1], batches[-1]
     _, samples, reference = points[-1]
     verdict.sizes.update(n=n, B=batch, L1=l1, L2=l2, gates=gates)
     ref = mean_estimate(reference)
@@ -192,4 +207,5 @@ def work(profile) -> float:
     """Float64 work of this module's dominant kernels at the profile's sizes (the ``--profile full`` estimate): per
     gate model and width, the iid reference and one coupled ensemble per point of C_GRID."""
     widths, batches, _, l2 = profile.pick(*SIZES)
-    return sum((len(C_GRID) + 1) * product_flops(batches[g], l2, n) for g in GATES for n in sweep_widths(g, widths))
+    return sum((len(C_GRID) + 1) * product_flops(networks_at(batches[g], n, widths[-1]), l2, n)
+               for g in GATES for n in sweep_widths(g, widths))
