@@ -29,9 +29,10 @@ __all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_mask
 @dataclass
 class TrainingRun:
     steps: np.ndarray  # recorded steps
-    log_norm: np.ndarray  # (len(steps), B) log||J|| at the reference input
-    loss: np.ndarray  # (len(steps), B)
-    weights: list  # final weights, list of (B, n, n)
+    log_norm: np.ndarray  # (len(steps), B) log||J|| at the reference input; +inf once a network diverged
+    loss: np.ndarray  # (len(steps), B); +inf once a network diverged
+    weights: list  # final weights, list of (B, n, n) (a diverged network's: its last finite ones)
+    diverged: np.ndarray  # (B,) the loss or a gradient overflowed: GD left every bounded set (an unbounded change)
 
 
 def mlp_forward(weights, x):
@@ -58,27 +59,37 @@ def mlp_factors(weights, x0):
 
 def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_ref=None) -> TrainingRun:
     """Full-batch GD on hidden weights (list of (B, n, n)) for inputs x (B, N, n), targets z (B, N, n);
-    ``lr``: one learning rate, or one per network."""
+    ``lr``: one learning rate, or one per network.
+
+    A network whose loss or gradient overflows has diverged: it is frozen at its last finite weights, flagged in
+    ``diverged``, and its log||J|| and loss are recorded as +inf from then on (an unbounded change, never NaN; claim
+    training-stability reads it as such).  The others are unaffected (each network has its own gradient)."""
     steps = check_int("steps", steps, minimum=0)
     n = x.shape[-1]
     rates = _learning_rates(lr, weights[0].shape[0], weights[0])
     ws = [w.detach().clone().requires_grad_(True) for w in weights]
     x_ref = x[:, 0] if x_ref is None else x_ref
+    diverged = torch.zeros(weights[0].shape[0], dtype=torch.bool, device=weights[0].device)
     rec_steps, norms, losses = [], [], []
     for t in range(steps + 1):
         y = mlp_forward(ws, x)[-1]
         per_net = ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * n * x.shape[1])
+        diverged |= ~torch.isfinite(per_net)
         if t % record_every == 0 or t == steps:
             rec_steps.append(t)
-            losses.append(per_net.detach().cpu().numpy())
-            norms.append(log_spectral_norm(jacobian_product(mlp_factors([w.detach() for w in ws], x_ref))).cpu().numpy())
+            losses.append(torch.where(diverged, math.inf, per_net.detach()).cpu().numpy())
+            # renormalised at every layer: a network on its way to diverging has huge but finite weights
+            log_norm = log_spectral_norm(jacobian_product(mlp_factors([w.detach() for w in ws], x_ref), renorm_every=1))
+            norms.append(torch.where(diverged, math.inf, log_norm).cpu().numpy())
         if t == steps:
             break
-        grads = torch.autograd.grad(per_net.sum(), ws)
+        grads = torch.autograd.grad(per_net.sum(), ws)  # a diverged network's inf/NaN stays in its own slice
         with torch.no_grad():
+            diverged |= ~torch.stack([torch.isfinite(g).flatten(1).all(1) for g in grads]).all(0)
             for w, g in zip(ws, grads):
-                w -= rates * g
-    return TrainingRun(np.array(rec_steps), np.array(norms), np.array(losses), [w.detach() for w in ws])
+                w -= torch.where(diverged[:, None, None], 0.0, rates * g)
+    return TrainingRun(np.array(rec_steps), np.array(norms), np.array(losses), [w.detach() for w in ws],
+                       diverged.cpu().numpy())
 
 
 def _masked_product(ws, gates):

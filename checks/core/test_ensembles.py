@@ -48,6 +48,25 @@ def test_training_factors_are_the_autograd_jacobian():
     torch.testing.assert_close(product, autograd_jacobians(weights, x), rtol=1e-10, atol=1e-12)
 
 
+def test_a_diverging_network_is_flagged_frozen_and_leaves_the_others_alone():
+    """:func:`theorems.training.train_mlp`: a network whose GD overflows is an unbounded change (log||J|| = +inf from
+    then on, never NaN, weights frozen finite), and the networks beside it train exactly as they would alone."""
+    from theorems.training import train_mlp
+    n, depth, steps = 8, 6, 30
+    gen = generator(5, "cpu")
+    weights = [torch.randn(2, n, n, generator=gen, dtype=torch.float64) * (2 / n) ** 0.5 for _ in range(depth)]
+    x, z = (torch.randn(2, 1, n, generator=gen, dtype=torch.float64) for _ in range(2))
+    lr = torch.tensor([1e-2, 1e100], dtype=torch.float64)  # the second network overflows at its first step
+    run = train_mlp(weights, x, z, lr, steps, record_every=5)
+    assert run.diverged.tolist() == [False, True]
+    assert np.isposinf(run.log_norm[1:, 1]).all() and np.isposinf(run.loss[1:, 1]).all()
+    assert not (np.isnan(run.log_norm).any() or np.isnan(run.loss).any())
+    assert all(bool(torch.isfinite(w).all()) for w in run.weights)
+    alone = train_mlp([w[:1] for w in weights], x[:1], z[:1], 1e-2, steps, record_every=5)
+    np.testing.assert_array_equal(run.log_norm[:, 0], alone.log_norm[:, 0])
+    assert not alone.diverged.any()
+
+
 @pytest.mark.statistical(2)
 @pytest.mark.parametrize("path", ["sample_weights", "perturbed"])
 def test_correlated_weights_have_the_correlation_law(path):
