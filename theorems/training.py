@@ -23,7 +23,7 @@ from .validation import check_int, check_real
 
 __all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects",
            "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network",
-           "mlp_stable_learning_rate", "relative_weight_change", "GateShift", "gates_after_training"]
+           "mlp_stable_learning_rate", "train_at_largest_stable_rate", "relative_weight_change", "GateShift", "gates_after_training"]
 
 
 @dataclass
@@ -91,6 +91,38 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
     return TrainingRun(np.array(rec_steps), np.array(norms), np.array(losses), [w.detach() for w in ws],
                        diverged.cpu().numpy())
 
+
+def train_at_largest_stable_rate(weights, x, z, rates, steps: int, *, record_every: int = 1,
+                                 x_ref=None) -> tuple[TrainingRun, np.ndarray]:
+    """Each network trains by :func:`train_mlp` at the largest of ``rates`` at which it stays stable: all start at
+    the largest; a network that diverges (loss or gradient overflow) or dies (log||J|| = -inf: every gate closed at
+    the reference input) at some record is rerun from its initial weights at the next rate, and so on (claim
+    descent-convergence's grid search).  Returns the merged run and each network's rate, NaN where no rate of the
+    grid was stable (that network's run is then the one at the smallest rate).  A network's run is the one it would
+    have trained alone: each network has its own gradient."""
+    rates = sorted((check_real("rates", r, low=0.0, low_open=True) for r in rates), reverse=True)
+    if not rates:
+        raise ValueError("rates must hold at least one learning rate; got none")
+    batch = weights[0].shape[0]
+    x_ref = x[:, 0] if x_ref is None else x_ref
+    chosen = np.full(batch, np.nan)
+    run, todo = None, np.arange(batch)
+    for rate in rates:
+        idx = torch.as_tensor(todo, device=x.device)
+        sub = train_mlp([w[idx] for w in weights], x[idx], z[idx], rate, steps, record_every=record_every,
+                        x_ref=x_ref[idx])
+        if run is None:
+            run = sub
+        else:
+            run.log_norm[:, todo], run.loss[:, todo], run.diverged[todo] = sub.log_norm, sub.loss, sub.diverged
+            for w, w_sub in zip(run.weights, sub.weights):
+                w[idx] = w_sub
+        stable = np.isfinite(sub.loss).all(axis=0) & np.isfinite(sub.log_norm).all(axis=0)
+        chosen[todo[stable]] = rate
+        todo = todo[~stable]
+        if not todo.size:
+            break
+    return run, chosen
 
 def _masked_product(ws, gates):
     j = ws[0]

@@ -18,7 +18,7 @@ from theorems.stats import (Estimate, binomial_pvalue, compare, compare_at_most,
                             log_mean_estimate, mean_estimate, ratio_of_means_estimate, secant_exponent,
                             significance_test)
 from theorems.training import (balance_defects, gates_after_training, regression_data,
-                               train_masked_linear, train_mlp)
+                               train_at_largest_stable_rate, train_masked_linear, train_mlp)
 
 
 def _data(batch, samples, n, rng, device):
@@ -266,10 +266,12 @@ SETTLED_SHARE = 0.1
 @pytest.mark.claim("descent-convergence")
 @pytest.mark.parametrize("data", ["synthetic", "digits"])
 def test_norm_drops_then_settles(data, profile, rng, device, verdict):
-    """Regression by full-batch GD from critical init; each network trains at the learning rate of App. G's grid
-    {0.3, 0.1, 0.03, 0.01} that gives it the lowest final loss among those at which it stays finite (a rule fixed
-    before the measurement; one lr for all networks would be set by the least stable of them: with 48 networks some
-    network diverges or dies at 0.3 and 0.1, and at 0.03 the norm is still moving after 200 steps).  Statistics: the
+    """Regression by full-batch GD from critical init; each network trains at the largest learning rate of the grid
+    {0.3, 0.1, 0.03, 0.01} at which it stays finite and alive (:func:`train_at_largest_stable_rate`; one lr for all
+    networks would be set by the least stable of them: with 48 networks some network diverges or dies at 0.3 and
+    0.1, and at 0.03 the norm is still moving after 200 steps).  The grid search picks what optimises training: at
+    three seeds per data set (576 networks) it is the rate with the lowest final loss for every network, and it
+    trains a network once unless it fails (the lowest-final-loss rule trained every rate: 2.5 times the cost).  Statistics: the
     early change of log||J|| (first 20% of steps) is negative (one-sided, rejected >= 0); the share of the total
     change made in the last half, R = E[late change] / E[total change] (ratio of means, delta-method error:
     :func:`ratio_of_means_estimate`), is 0 within a model error of 0.1.  The 0.1: for a relaxation
@@ -286,21 +288,15 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
     n, L, samples, steps, batch = profile.pick(*DESCENT_SIZES[data])
     x, z = regression_data(data, batch, samples, n, rng, device)
     ws = [sample_weights(batch, n, 2.0, rng, device=device) for _ in range(L)]
-    grid = DESCENT_GRID
-    runs = [train_mlp(ws, x, z, lr, steps, record_every=steps // 20) for lr in grid]
-    # a network that diverges or dies (J = 0: every gate closed at the reference input) at an lr does not use it
-    final = np.stack([np.where(np.isfinite(r.loss).all(axis=0) & np.isfinite(r.log_norm).all(axis=0), r.loss[-1], np.inf)
-                      for r in runs])
-    assert np.isfinite(final.min(axis=0)).all(), "a network diverged or died at every learning rate of the grid"
-    pick = final.argmin(axis=0)
-    log_norm = np.stack([runs[p].log_norm[:, b] for b, p in enumerate(pick)], axis=1)
-    loss = np.stack([runs[p].loss[:, b] for b, p in enumerate(pick)], axis=1)
+    run, lr = train_at_largest_stable_rate(ws, x, z, DESCENT_GRID, steps, record_every=steps // 20)
+    assert np.isfinite(lr).all(), "a network diverged or died at every learning rate of the grid"
+    log_norm, loss = run.log_norm, run.loss
     half = log_norm.shape[0] // 2
     early = log_norm[4] - log_norm[0]
     late = log_norm[-1] - log_norm[half]
     total = log_norm[-1] - log_norm[0]
-    best = {lr: int(c) for lr, c in zip(grid, np.bincount(pick, minlength=len(grid)))}
-    verdict.sizes.update(data=data, n=n, L=L, samples=samples, steps=steps, B=batch, networks_per_lr=best)
+    verdict.sizes.update(data=data, n=n, L=L, samples=samples, steps=steps, B=batch,
+                         networks_per_lr={rate: int((lr == rate).sum()) for rate in DESCENT_GRID})
     verdict.record(compare("final loss / initial loss", mean_estimate(loss[-1] / loss[0]), 0.0))
     verdict.reject(compare_at_most("early change of log||J|| >= 0? (drop expected)",
                                    Estimate(-mean_estimate(early).value, mean_estimate(early).stderr, batch - 1, batch),
@@ -311,7 +307,7 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
     verdict.reject(compare("share vs a relaxation still under way, T = 2τ (negative control)", share,
                            relaxation_late_share(2.0)))
     # the same networks, each at 1/SLOW_FACTOR of its learning rate for the same steps, are not settled: recorded
-    slow = train_mlp(ws, x, z, np.asarray(grid)[pick] / SLOW_FACTOR, steps, record_every=steps // 20).log_norm
+    slow = train_mlp(ws, x, z, lr / SLOW_FACTOR, steps, record_every=steps // 20).log_norm
     assert np.isfinite(slow).all(), f"a network diverged or died at 1/{SLOW_FACTOR} of its learning rate"
     verdict.record(compare(f"share of the change in the last half at lr/{SLOW_FACTOR} (not settled)",
                            ratio_of_means_estimate(slow[-1] - slow[half], slow[-1] - slow[0]), 0.0,

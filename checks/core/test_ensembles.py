@@ -67,6 +67,29 @@ def test_a_diverging_network_is_flagged_frozen_and_leaves_the_others_alone():
     assert not alone.diverged.any()
 
 
+def test_each_network_trains_at_the_largest_rate_at_which_it_stays_stable():
+    """:func:`theorems.training.train_at_largest_stable_rate`: a network that diverges at a rate is rerun from its
+    initial weights at the next one, a dead network (input 0: every gate closed) has no stable rate (NaN), and each
+    network's run is the one it trains alone at its rate."""
+    from theorems.training import train_at_largest_stable_rate, train_mlp
+    n, depth, steps = 8, 6, 30
+    gen = generator(6, "cpu")
+    weights = [torch.randn(3, n, n, generator=gen, dtype=torch.float64) * (2 / n) ** 0.5 for _ in range(depth)]
+    x, z = (torch.randn(3, 1, n, generator=gen, dtype=torch.float64) for _ in range(2))
+    x[0] *= 1e-6  # the loss's curvature scales like |x|^2: stable at lr = 1e6
+    x[2] = 0.0  # dead at any rate
+    run, rate = train_at_largest_stable_rate(weights, x, z, (1e-2, 1e6), steps, record_every=5)
+    np.testing.assert_array_equal(rate, [1e6, 1e-2, np.nan])
+    for b, lr in ((0, 1e6), (1, 1e-2)):
+        alone = train_mlp([w[b:b + 1] for w in weights], x[b:b + 1], z[b:b + 1], lr, steps, record_every=5)
+        np.testing.assert_array_equal(run.log_norm[:, b], alone.log_norm[:, 0])
+        np.testing.assert_array_equal(run.loss[:, b], alone.loss[:, 0])
+        assert all(bool(torch.equal(w[b], w_alone[0])) for w, w_alone in zip(run.weights, alone.weights))
+    assert np.isneginf(run.log_norm[:, 2]).all()
+    for bad in ((), (0.1, -1.0)):
+        with pytest.raises(ValueError, match="rates"):
+            train_at_largest_stable_rate(weights, x, z, bad, steps)
+
 @pytest.mark.statistical(2)
 @pytest.mark.parametrize("path", ["sample_weights", "perturbed"])
 def test_correlated_weights_have_the_correlation_law(path):
