@@ -85,9 +85,13 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
             break
         grads = torch.autograd.grad(per_net.sum(), ws)  # a diverged network's inf/NaN stays in its own slice
         with torch.no_grad():
-            diverged |= ~torch.stack([torch.isfinite(g).flatten(1).all(1) for g in grads]).all(0)
+            # a per-network sum is finite iff every entry is (or it overflows: a gradient near overflow is divergence)
+            diverged |= ~torch.isfinite(torch.stack([g.sum(dim=(-2, -1)) for g in grads])).all(0)
+            frozen = bool(diverged.any())
             for w, g in zip(ws, grads):
-                w -= torch.where(diverged[:, None, None], 0.0, rates * g)
+                if frozen:
+                    g = torch.where(diverged[:, None, None], 0.0, g)
+                w.addcmul_(rates, g, value=-1.0)
     return TrainingRun(np.array(rec_steps), np.array(norms), np.array(losses), [w.detach() for w in ws],
                        diverged.cpu().numpy())
 
