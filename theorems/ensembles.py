@@ -41,7 +41,7 @@ from .validation import (
 )
 
 __all__ = [
-    "Pruning", "Ensemble", "Factor", "correlated", "prune_mask", "sample_weights", "haar_frame"]
+    "Pruning", "Ensemble", "Factor", "correlated", "prune_mask", "sample_weights", "gaussian_image", "haar_frame"]
 
 GateKind = Literal["relu", "bernoulli", "none"]
 MaskKind = Literal["random", "magnitude", "uniform"]
@@ -127,6 +127,13 @@ def sample_weights(
         w = pruning.scale * prune_mask(w, pruning, generator) * w
     return w
 
+
+def gaussian_image(h: torch.Tensor, sigma2: float, generator: torch.Generator) -> torch.Tensor:
+    """``W h`` for a fresh W with iid N(0, sigma2/n) entries, per network (h: (B, n)), without drawing W: given h it
+    is exactly N(0, sigma2 ||h||^2 / n I_n), so n normals replace n^2.  For a forward pass through layers whose
+    weights are not needed afterwards (claim approx-gates samples W_l only at the layer it inspects)."""
+    g = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
+    return g.mul_(torch.linalg.vector_norm(h, dim=-1, keepdim=True) * math.sqrt(sigma2 / h.shape[-1]))
 
 def haar_frame(batch: int, width: int, k: int, generator: torch.Generator, *, device=None, dtype=torch.float64):
     """B uniformly random (Haar) orthonormal n x k frames: the Q of a Gaussian matrix's QR."""

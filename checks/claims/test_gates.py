@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from theorems.ensembles import Ensemble, sample_weights
+from theorems.ensembles import Ensemble, gaussian_image, sample_weights
 from theorems.experiments import GATE_TEST_PAIRS, chunks, gate_test_pvalues
 from theorems.predictions import gate_sign_covariance
 from theorems.profiles import Sizes, product_flops
@@ -51,9 +51,10 @@ def sign_gate_products(n, layer, batch, rng, device):
     products, t_w, t_d = [], [], []
     for part in chunks(Ensemble(n, layer, batch=batch)):
         pre = x.expand(part.batch, n)
-        for _ in range(layer):
-            w = sample_weights(part.batch, n, 2.0, rng, device=device)
-            pre = torch.einsum("bij,bj->bi", w, torch.relu(pre))
+        for _ in range(layer - 1):  # layers before l: only their image is needed (exact law, n normals, not n^2)
+            pre = gaussian_image(torch.relu(pre), 2.0, rng)
+        w = sample_weights(part.batch, n, 2.0, rng, device=device)
+        pre = torch.einsum("bij,bj->bi", w, torch.relu(pre))
         row_balance, gate = (w > 0).double().sum(dim=-1) - n / 2, (pre > 0).double() - 0.5
         products.append(((gate * row_balance).sum(dim=-1) / n**3).cpu().numpy())
         t_w.append((row_balance.sum(dim=-1) / n**2 + 0.5).cpu().numpy())

@@ -116,6 +116,24 @@ def test_correlated_weights_have_the_correlation_law(path):
 
 
 @pytest.mark.statistical(2)
+def test_gaussian_image_has_the_law_of_a_drawn_layer(rng):
+    """:func:`theorems.ensembles.gaussian_image`: W h for iid N(0, σ²/n) weights is N(0, σ² ||h||²/n I) given h.
+    Statistic: the mean of (W h)_i² / (σ² ||h||²/n) over networks (inputs of norms spread over a factor 100, so a
+    ||h|| for ||h||² slip shows) and coordinates, each exactly χ²_1: prediction 1, standard error sqrt(2/(B n)),
+    no model error.  Power: the law scaled by 1.02 in variance is rejected (about 8 standard errors)."""
+    from theorems.ensembles import gaussian_image
+    from theorems.stats import assert_consistent, assert_rejects, compare, mean_estimate
+
+    n, batch, sigma2 = 16, 20000, 2.0
+    h = torch.relu(torch.randn(batch, n, generator=rng, dtype=torch.float64))
+    h *= torch.logspace(-1, 1, batch, dtype=torch.float64)[:, None]
+    y = gaussian_image(h, sigma2, rng)
+    q = (y**2 / (sigma2 * (h**2).sum(-1, keepdim=True) / n)).flatten().numpy()
+    ratio = mean_estimate(q)
+    assert_consistent(compare("E (W h)_i^2 / (σ² ||h||²/n)", ratio, 1.0))
+    assert_rejects(compare("the same vs a 2% larger variance (control)", ratio, 1.02))
+
+@pytest.mark.statistical(2)
 def test_image_norm_rate_is_gamma1_for_gaussian_weights_and_offset_by_pruning(rng):
     """(1/L) E log||J u|| is gamma_1 exactly with Gaussian weights (no model error: a two-sided interval at the
     suite's level), and random pruning at finite n lowers it (the offset that pruned_slope_model_error bounds):
