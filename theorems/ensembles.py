@@ -115,14 +115,38 @@ def sample_weights(
     *,
     eta: float = 0.0,
     pruning: Pruning | None = None,
+    columns: torch.Tensor | None = None,
     device=None,
     dtype=torch.float64,
 ) -> torch.Tensor:
-    """One layer of weights for B networks: iid N(0, sigma2/n), optionally correlated and pruned."""
+    """One layer of weights for B networks: iid N(0, sigma2/n), optionally correlated and pruned.
+
+    Only what is needed is drawn, with the same law: random pruning at sparsity >= 1/2 (or with ``columns``) draws
+    its mask first and normals for the kept entries only (entries iid ``scale * Bernoulli(1-s) * N(0, sigma2/n)``;
+    (1-s) n^2 normals instead of n^2; denser masks are cheaper drawn dense); ``columns`` (B, n) of 0/1, optional:
+    only the columns with a 1 are drawn and the others are 0, which keeps the law of ``W diag(columns)`` (see
+    :meth:`Ensemble.factors` with ``jacobian_only``).  Not with magnitude pruning, whose mask depends on every entry."""
     std = math.sqrt(sigma2 / width)
-    w = torch.randn((batch, width, width), generator=generator, device=device, dtype=dtype).mul_(std)
+    shape = (batch, width, width)
+    random_mask = pruning is not None and pruning.kind == "random"
+    if columns is not None and pruning is not None and pruning.kind == "magnitude":
+        raise ValueError("columns cannot be combined with magnitude pruning: its mask depends on every entry of W")
+    drawn = None if columns is None else columns.bool()[:, None, :].expand(shape)
+    masked = random_mask and (drawn is not None or pruning.sparsity >= 0.5)
+    if masked:
+        kept = prune_mask(torch.empty(shape, device=device, dtype=dtype), pruning, generator).bool()
+        drawn = kept if drawn is None else drawn & kept
+    if drawn is None:
+        w = torch.randn(shape, generator=generator, device=device, dtype=dtype).mul_(std)
+    else:
+        values = torch.randn(int(drawn.sum()), generator=generator, device=device, dtype=dtype).mul_(std)
+        w = torch.zeros(shape, device=device, dtype=dtype).masked_scatter_(drawn, values)
     if eta:
         w = correlated(w, eta, torch.randn((batch, 1, 1), generator=generator, device=device, dtype=dtype), sigma2)
+        if drawn is not None:
+            w = w.masked_fill_(~drawn, 0.0)
+    if masked:
+        return w.mul_(pruning.scale)
     if pruning is not None:
         w = pruning.scale * prune_mask(w, pruning, generator) * w
     return w
@@ -206,8 +230,14 @@ class Ensemble:
         self._iid_gaussian("free_log_rate")
         return free_log_rate(self.sigma2, self.effective_keep_prob)
 
-    def factors(self, generator: torch.Generator, *, device=None, dtype=torch.float64) -> Iterator[Factor]:
-        """Stream the L factors ``W_l diag(d_{l-1})``, input side first."""
+    def factors(self, generator: torch.Generator, *, device=None, dtype=torch.float64,
+                jacobian_only: bool = False) -> Iterator[Factor]:
+        """Stream the L factors ``W_l diag(d_{l-1})``, input side first.
+
+        ``jacobian_only``: for callers that use the factors only through ``W_l diag(d_{l-1})`` (products, images,
+        spectra): the columns of W_l that a closed gate multiplies by 0 are not drawn (they are 0), which keeps the law
+        of every product of factors and draws a fraction p of the normals (half for ReLU gates).  Callers that read
+        W_l itself (its signs, its pruning by magnitude, training) leave it False; magnitude pruning ignores it."""
         n, b = self.width, self.batch
         pre = None
         if self.gates == "relu":
@@ -215,9 +245,8 @@ class Ensemble:
                 pre = torch.randn((b, n), generator=generator, device=device, dtype=dtype)
             else:
                 pre = self.inputs.to(device=device, dtype=dtype).expand(b, n).clone()
+        lean = jacobian_only and (self.pruning is None or self.pruning.kind != "magnitude")
         for layer in range(1, self.depth + 1):
-            w = sample_weights(b, n, self.sigma2, generator, eta=self.eta, pruning=self.pruning,
-                               device=device, dtype=dtype)
             if layer == 1 and not self.input_gate:
                 gate = None
             elif self.gates == "relu":
@@ -227,6 +256,8 @@ class Ensemble:
                 gate = (u < self.keep_prob).to(dtype)
             else:
                 gate = None
+            w = sample_weights(b, n, self.sigma2, generator, eta=self.eta, pruning=self.pruning,
+                               columns=gate if lean else None, device=device, dtype=dtype)
             if self.gates == "relu":
                 pre = torch.einsum("bij,bj->bi", w, torch.relu(pre))
                 norm = torch.linalg.vector_norm(pre, dim=-1, keepdim=True)

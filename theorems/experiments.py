@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .ensembles import Ensemble, Factor, Pruning, correlated, haar_frame, prune_mask
+from .ensembles import Ensemble, Factor, Pruning, correlated, haar_frame, prune_mask, sample_weights
 from .predictions import volume_gap
 from .spectral import (
     apply_factor,
@@ -83,7 +83,7 @@ def log_norms_at(ens: Ensemble, depths: Sequence[int], gen, device="cpu") -> dic
     """log||J_L|| per network at each requested depth L (prefixes of one streamed network)."""
     parts = []
     for part in chunks(ens):
-        at = products_at(part.factors(gen, device=device), depths)
+        at = products_at(part.factors(gen, device=device, jacobian_only=True), depths)
         parts.append({d: _np(log_spectral_norm(p)) for d, p in at.items()})
     return {d: np.concatenate([p[d] for p in parts]) for d in parts[0]}
 
@@ -93,18 +93,18 @@ def _coupled_correlated_factors(ens: Ensemble, etas: Sequence[float], gen, devic
     shared ``w ~ N(0, σ²/n)`` per layer and network, the same input and the same Bernoulli gate noise for every eta
     (common random numbers); ReLU gates follow each eta's own pre-activations."""
     n, b, dtype = ens.width, ens.batch, torch.float64
-    std = math.sqrt(ens.sigma2 / n)
     pres = None
     if ens.gates == "relu":
         x = (torch.randn((b, n), generator=gen, device=device, dtype=dtype) if ens.inputs is None
              else ens.inputs.to(device=device, dtype=dtype).expand(b, n).clone())
         pres = [x.clone() for _ in etas]
     for layer in range(1, ens.depth + 1):
-        w_ind = torch.randn((b, n, n), generator=gen, device=device, dtype=dtype).mul_(std)
-        shared = torch.randn((b, 1, 1), generator=gen, device=device, dtype=dtype)
-        common = None
+        common = None  # the gated model's gates, drawn first: W_ind's closed-gate columns are never used (not drawn)
         if ens.gates == "bernoulli":
             common = (torch.rand((b, n), generator=gen, device=device, dtype=dtype) < ens.keep_prob).to(dtype)
+        w_ind = sample_weights(b, n, ens.sigma2, gen, columns=common if layer > 1 or ens.input_gate else None,
+                               device=device, dtype=dtype)
+        shared = torch.randn((b, 1, 1), generator=gen, device=device, dtype=dtype)
         out = []
         for i, eta in enumerate(etas):
             w = correlated(w_ind, eta, shared, ens.sigma2) if eta else w_ind
@@ -147,7 +147,7 @@ def log_singular_values_at(ens: Ensemble, depths: Sequence[int], k: int, gen, de
     """Top-k log singular values (B, k) at each requested depth."""
     parts = []
     for part in chunks(ens):
-        at = products_at(part.factors(gen, device=device), depths)
+        at = products_at(part.factors(gen, device=device, jacobian_only=True), depths)
         parts.append({d: _np(log_singular_values(p, k)) for d, p in at.items()})
     return {d: np.concatenate([p[d] for p in parts]) for d in parts[0]}
 
@@ -190,7 +190,7 @@ def image_norm_rate(ens: Ensemble, gen, device="cpu") -> Estimate:
     second order (n = 96, p = 1/2, s = 0.9: -0.009 predicted, -0.013 measured): an offset that vanishes as n grows
     but is not 0 at finite n.  Measured here on the networks of ``ens`` (give independent ones)."""
     u = haar_frame(ens.batch, ens.width, 1, gen, device=device)[..., 0]
-    return mean_estimate(_np(log_norm_of_image(ens.factors(gen, device=device), u)) / ens.depth)
+    return mean_estimate(_np(log_norm_of_image(ens.factors(gen, device=device, jacobian_only=True), u)) / ens.depth)
 
 
 def pruned_slope_model_error(ens: Ensemble, prediction: float, l1: int, l2: int, gen, device="cpu",
@@ -230,7 +230,7 @@ def mean_square_gain(ens: Ensemble, gen, device="cpu") -> np.ndarray:
         raise ValueError("gates must be independent of the image direction (gates='bernoulli' or 'none')")
     x = haar_frame(ens.batch, ens.width, 1, gen, device=device)
     total = torch.zeros(ens.batch, dtype=torch.float64, device=device)
-    for factor in ens.factors(gen, device=device):
+    for factor in ens.factors(gen, device=device, jacobian_only=True):
         x = apply_factor(factor, x)
         norm2 = torch.sum(x * x, dim=(-2, -1))
         total = total + norm2
@@ -338,7 +338,7 @@ def censored_bootstrap_stderr(replicates: np.ndarray) -> float:
 
 def qr_exponents(ens: Ensemble, k: int, gen, device="cpu") -> np.ndarray:
     """Per-network QR estimates of the top-k exponents (B, k)."""
-    return _np(lyapunov_qr(ens.factors(gen, device=device), k, gen).exponents)
+    return _np(lyapunov_qr(ens.factors(gen, device=device, jacobian_only=True), k, gen).exponents)
 
 
 def alignment_profile(factors: Sequence[Factor], lengths: Sequence[int], k: int = 1, *, pair_with=None):

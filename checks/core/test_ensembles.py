@@ -115,6 +115,61 @@ def test_correlated_weights_have_the_correlation_law(path):
                               math.atanh(correlation_from_eta(eta))))
 
 
+@pytest.mark.statistical(3)
+def test_sparse_random_pruning_is_sampled_with_its_law(rng):
+    """:func:`theorems.ensembles.sample_weights` with random pruning at sparsity >= 1/2 draws the mask, then normals for
+    the kept entries only.  Its law: entries iid scale * Bernoulli(1-s) * N(0, σ²/n).  Statistics: the kept fraction
+    (binomial, prediction 1-s) and the mean of w² / (scale² σ²/n) over kept entries (each χ²_1: prediction 1), no
+    model error; power: a 2% larger variance is rejected (about 9 standard errors)."""
+    from theorems.ensembles import Pruning, sample_weights
+    from theorems.stats import Estimate, assert_consistent, assert_rejects, compare, mean_estimate
+
+    n, batch, sigma2, pruning = 32, 4000, 2.0, Pruning("random", 0.9, 10 ** 0.5)
+    w = sample_weights(batch, n, sigma2, rng, pruning=pruning)
+    kept = (w != 0).flatten().numpy()
+    p, total = 1 - pruning.sparsity, kept.size
+    assert_consistent(compare("kept fraction", Estimate(kept.mean(), math.sqrt(p * (1 - p) / total), math.inf, total), p))
+    ratio = mean_estimate((w.flatten().numpy()[kept] ** 2) / (pruning.scale**2 * sigma2 / n))
+    assert_consistent(compare("E w² / (scale² σ²/n) over kept entries", ratio, 1.0))
+    assert_rejects(compare("the same vs a 2% larger variance (control)", ratio, 1.02))
+
+@pytest.mark.statistical(4)
+@pytest.mark.parametrize("gates", ["relu", "bernoulli"])
+def test_jacobian_only_factors_draw_the_open_columns_with_their_law(gates, rng):
+    """:meth:`Ensemble.factors` with ``jacobian_only``: the columns of W_l that a closed gate multiplies by 0 are 0
+    (not drawn), and the open ones are iid N(0, σ²/n): the law of every product W_l diag(d_{l-1}) is kept.
+    Statistics: the mean of w² / (σ²/n) over open entries (each χ²_1: prediction 1, no model error; a 2% larger
+    variance is rejected by about 30 standard errors) and the open fraction of gates (ReLU and Bernoulli(1/2) alike:
+    1/2 per gate, binomial; the ReLU gates of one network are exchangeable but not independent, so its error is
+    the spread over networks)."""
+    from theorems.stats import assert_consistent, assert_rejects, compare, mean_estimate
+
+    n, depth, batch = 32, 6, 2000
+    factors = list(Ensemble(n, depth, gates=gates, batch=batch).factors(rng, jacobian_only=True))
+    open_entries, open_share = [], []
+    for f in factors[1:]:
+        closed = f.gate == 0
+        assert bool((f.weight.masked_select(closed[:, None, :].expand_as(f.weight)) == 0).all())
+        open_entries.append(f.weight.masked_select(~closed[:, None, :].expand_as(f.weight)))
+        open_share.append(f.gate.mean(-1))
+    ratio = mean_estimate((torch.cat(open_entries) ** 2 / (2.0 / n)).numpy())
+    assert_consistent(compare("E w² / (σ²/n) over open columns", ratio, 1.0))
+    assert_rejects(compare("the same vs a 2% larger variance (control)", ratio, 1.02))
+    assert_consistent(compare("open share of the gates", mean_estimate(torch.stack(open_share).mean(0).numpy()), 0.5))
+
+
+def test_jacobian_only_is_ignored_by_magnitude_pruning_and_refused_by_its_sampler(rng):
+    """Magnitude pruning's mask depends on every entry of W_l, so ``jacobian_only`` draws W_l in full there (the same
+    numbers as without it), and :func:`sample_weights` refuses ``columns`` with it."""
+    from theorems.ensembles import Pruning, sample_weights
+
+    ens = Ensemble(16, 3, batch=4, pruning=Pruning("magnitude", 0.5, 1.3))
+    lean = ens.factors(generator(9, "cpu"), jacobian_only=True)
+    for a, b in zip(lean, ens.factors(generator(9, "cpu"))):
+        assert torch.equal(a.weight, b.weight)
+    with pytest.raises(ValueError, match="columns"):
+        sample_weights(2, 4, 2.0, rng, pruning=Pruning("magnitude", 0.5), columns=torch.ones(2, 4))
+
 @pytest.mark.statistical(2)
 def test_gaussian_image_has_the_law_of_a_drawn_layer(rng):
     """:func:`theorems.ensembles.gaussian_image`: W h for iid N(0, σ²/n) weights is N(0, σ² ||h||²/n I) given h.
