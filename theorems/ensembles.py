@@ -152,12 +152,19 @@ def sample_weights(
     return w
 
 
-def gaussian_image(h: torch.Tensor, sigma2: float, generator: torch.Generator) -> torch.Tensor:
+def gaussian_image(h: torch.Tensor, sigma2: float, generator: torch.Generator, *, eta: float = 0.0) -> torch.Tensor:
     """``W h`` for a fresh W with iid N(0, sigma2/n) entries, per network (h: (B, n)), without drawing W: given h it
-    is exactly N(0, sigma2 ||h||^2 / n I_n), so n normals replace n^2.  For a forward pass through layers whose
-    weights are not needed afterwards (claim approx-gates samples W_l only at the layer it inspects)."""
-    g = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
-    return g.mul_(torch.linalg.vector_norm(h, dim=-1, keepdim=True) * math.sqrt(sigma2 / h.shape[-1]))
+    is exactly N(0, sigma2 ||h||^2 / n I_n), so n normals replace n^2.  With ``eta``, W is :func:`correlated`'s
+    ``W_ind + eta sqrt(sigma2/n) g`` (one g ~ N(0, 1) per network), whose image adds ``eta sqrt(sigma2/n) g sum_j h_j``
+    to every coordinate.  For a forward pass through layers whose weights are not needed afterwards (claim
+    approx-gates samples W_l in full only at the layers it inspects)."""
+    scale = math.sqrt(sigma2 / h.shape[-1])
+    y = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
+    y.mul_(torch.linalg.vector_norm(h, dim=-1, keepdim=True) * scale)
+    if eta:
+        g = torch.randn((h.shape[0], 1), generator=generator, device=h.device, dtype=h.dtype)
+        y += (eta * scale) * g * h.sum(dim=-1, keepdim=True)
+    return y
 
 def haar_frame(batch: int, width: int, k: int, generator: torch.Generator, *, device=None, dtype=torch.float64):
     """B uniformly random (Haar) orthonormal n x k frames: the Q of a Gaussian matrix's QR."""

@@ -20,14 +20,17 @@ from theorems.stats import (
 )
 
 def layer_sample(n, layer, batch, eta, rng, device):
-    """(W_l, D_l, W_{l+1}) at ``layer`` for ``batch`` networks with one shared input (as in the paper)."""
+    """(W_l, D_l, W_{l+1}) at ``layer`` for ``batch`` networks with one shared input (as in the paper).  The layers
+    before l enter only through their image (:func:`gaussian_image`, exact law), so only W_l and W_{l+1} are drawn."""
     x = torch.randn(n, generator=rng, device=device, dtype=torch.float64)
-    ens = Ensemble(n, layer + 1, sigma2=2.0, gates="relu", batch=batch, eta=eta, inputs=x)
-    for i, factor in enumerate(ens.factors(rng, device=device), start=1):  # stream: keep only layers l, l+1
-        if i == layer:
-            w = factor.weight.cpu().numpy()  # W_l
-        elif i == layer + 1:  # D_l = 1{Y_l > 0} is the gate entering factor l+1
-            return w, factor.gate.cpu().numpy(), factor.weight.cpu().numpy()
+    h = torch.relu(x).expand(batch, n)
+    for _ in range(layer - 1):
+        y = gaussian_image(h, 2.0, rng, eta=eta)
+        norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)  # ReLU is homogeneous: renormalised
+        h = torch.relu(y / torch.where(norm > 0, norm, torch.ones_like(norm)))
+    w = sample_weights(batch, n, 2.0, rng, eta=eta, device=device)
+    gate = (torch.einsum("bij,bj->bi", w, h) > 0).double()  # D_l = 1{Y_l > 0}
+    return w.cpu().numpy(), gate.cpu().numpy(), sample_weights(batch, n, 2.0, rng, eta=eta, device=device).cpu().numpy()
 
 
 class LayerSample(NamedTuple):
