@@ -281,6 +281,7 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
     however long the run (0.20-0.27 after 400 steps, three seeds) and measures the jitter, not the drift.
     Negative control (an exact rival law, asserted): a relaxation still under way, T = 2τ (86% of the way),
     R = 1/(1 + e) ≈ 0.27, is rejected (10-19 standard errors at the quick sizes, :data:`DESCENT_SIZES`).  Recorded
+    in the full profile (a second training run, half this check's quick time, for a number that is not asserted)
     with its miss probability: the same networks at 1/SLOW_FACTOR of their learning rates for the same steps
     (R ≈ 0.24-0.30 over three seeds) are not settled; R - 0.1 is 5-8 standard errors there, too few to assert at the suite's
     level.  (The first half of the tuned run was the control before; it followed from the check: first + last
@@ -306,6 +307,8 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
                           model_error=SETTLED_SHARE))
     verdict.reject(compare("share vs a relaxation still under way, T = 2τ (negative control)", share,
                            relaxation_late_share(2.0)))
+    if not profile.full:  # the slow arm is a recorded contrast, not an assertion: it costs a second training run
+        return
     # the same networks, each at 1/SLOW_FACTOR of its learning rate for the same steps, are not settled: recorded
     slow = train_mlp(ws, x, z, lr / SLOW_FACTOR, steps, record_every=steps // 20).log_norm
     assert np.isfinite(slow).all(), f"a network diverged or died at 1/{SLOW_FACTOR} of its learning rate"
