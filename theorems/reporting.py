@@ -413,15 +413,17 @@ def _point_latest(root: Path, name: str):
 
 def run_selection(config) -> dict:
     """What the run was asked to run: its path arguments, -k / -m expressions and --deselect; ``filtered`` when any of
-    them narrows the suite's own test paths."""
+    them narrows the suite's own test paths (path arguments that contain every test path, e.g. ``checks`` for the
+    test path ``checks/claims``, do not: the run holds every registered check and more)."""
     testpaths = [str(p) for p in (config.getini("testpaths") or [])]
     args = [a for a in config.args if a]
     keyword, markexpr = config.getoption("keyword", ""), config.getoption("markexpr", "")
     deselect = config.getoption("deselect", None) or []
     last_failed = bool(config.getoption("lf", False) or config.getoption("last_failed_no_failures", None) == "none")
     # with no testpaths, pytest runs the invocation directory: a bare `pytest` in a user project is not narrowed
-    default = sorted((config.rootpath / p).resolve() for p in testpaths) or [Path(config.invocation_params.dir).resolve()]
-    narrowed = bool(args) and sorted(Path(a).resolve() for a in args) != default
+    default = [(config.rootpath / p).resolve() for p in testpaths] or [Path(config.invocation_params.dir).resolve()]
+    given = [Path(config.invocation_params.dir, a).resolve() for a in args]
+    narrowed = bool(args) and not all(any(p == a or a in p.parents for a in given) for p in default)
     return {"args": args, "keyword": keyword, "markexpr": markexpr, "deselect": list(deselect),
             "filtered": bool(narrowed or keyword or markexpr or deselect or last_failed)}
 

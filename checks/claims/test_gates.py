@@ -176,8 +176,11 @@ def test_printed_weak_correlation_keeps_approximation(sizes, rng, device, seed, 
     """As printed (App. G.1.2): 'With weak correlation (eta = 0.1) Approximation 1 is still a good approximation'."""
     n, layer, N = sizes
     pvals = gate_test_pvalues(layer_sample(n, layer, N, 0.1, rng, device), np.random.default_rng(seed))
-    for t in _tests(pvals, sizes, "(eta = 0.1)")[:2]:
-        verdict.check(t)
+    binomial, uniformity, _ = _tests(pvals, sizes, "(eta = 0.1)")
+    # the decisive test first: the first failing check ends the test, and a spurious xpass needs both to pass, so
+    # its estimated probability is the smaller miss (the binomial alone misses at some seeds: about 0.01)
+    verdict.check(uniformity)
+    verdict.check(binomial)
 
 
 def work(profile) -> float:

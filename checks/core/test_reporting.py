@@ -16,6 +16,24 @@ SELECTION = ["checks/claims/test_lyapunov.py::test_log_image_norm_is_exactly_L_g
              "checks/claims/test_gates.py::test_printed_gates_independent_of_weights"]
 
 
+@pytest.mark.parametrize("args, options, filtered", [
+    ([], {}, False), (["checks"], {}, False), (["checks/claims"], {}, False), (["checks/claims", "checks/core"], {}, False),
+    (["checks/claims/test_gates.py"], {}, True), (["checks/core"], {}, True),
+    (["checks/claims/test_gates.py::test_relu_gates_are_iid_fair_coins_independent_of_weights"], {}, True),
+    ([], {"keyword": "gates"}, True), (["checks"], {"markexpr": "printed"}, True),
+])
+def test_a_run_is_filtered_only_when_it_leaves_out_some_of_the_test_paths(args, options, filtered):
+    """The suite's test path is ``checks/claims``: ``pytest checks`` (the suite and the library's tests) holds every
+    registered check, so its verdicts are not partial; a file, a node id, another directory or -k/-m narrow it."""
+    from types import SimpleNamespace
+
+    from theorems.reporting import run_selection
+
+    config = SimpleNamespace(rootpath=ROOT, args=args, invocation_params=SimpleNamespace(dir=ROOT),
+                             getini=lambda name: ["checks/claims"] if name == "testpaths" else None,
+                             getoption=lambda name, default=None: options.get(name, default))
+    assert run_selection(config)["filtered"] is filtered
+
 def test_claim_verdicts():
     ok = {"outcome": "passed", "printed": False}
     assert claim_verdict([ok, ok]) == "confirmed"
