@@ -166,6 +166,7 @@ def gaussian_image(h: torch.Tensor, sigma2: float, generator: torch.Generator, *
         y += (eta * scale) * g * h.sum(dim=-1, keepdim=True)
     return y
 
+
 def haar_frame(batch: int, width: int, k: int, generator: torch.Generator, *, device=None, dtype=torch.float64):
     """B uniformly random (Haar) orthonormal n x k frames: the Q of a Gaussian matrix's QR."""
     g = torch.randn((batch, width, k), generator=generator, device=device, dtype=dtype)

@@ -99,17 +99,17 @@ def _coupled_correlated_factors(ens: Ensemble, etas: Sequence[float], gen, devic
              else ens.inputs.to(device=device, dtype=dtype).expand(b, n).clone())
         pres = [x.clone() for _ in etas]
     for layer in range(1, ens.depth + 1):
+        gated = layer > 1 or ens.input_gate
         common = None  # the gated model's gates, drawn first: W_ind's closed-gate columns are never used (not drawn)
         if ens.gates == "bernoulli":
             common = (torch.rand((b, n), generator=gen, device=device, dtype=dtype) < ens.keep_prob).to(dtype)
-        w_ind = sample_weights(b, n, ens.sigma2, gen, columns=common if layer > 1 or ens.input_gate else None,
-                               device=device, dtype=dtype)
+        w_ind = sample_weights(b, n, ens.sigma2, gen, columns=common if gated else None, device=device, dtype=dtype)
         shared = torch.randn((b, 1, 1), generator=gen, device=device, dtype=dtype)
         out = []
         for i, eta in enumerate(etas):
             w = correlated(w_ind, eta, shared, ens.sigma2) if eta else w_ind
             gate = None
-            if layer > 1 or ens.input_gate:
+            if gated:
                 gate = (pres[i] > 0).to(dtype) if ens.gates == "relu" else common
             if ens.gates == "relu":
                 pre = torch.einsum("bij,bj->bi", w, torch.relu(pres[i]))

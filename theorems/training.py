@@ -128,6 +128,7 @@ def train_at_largest_stable_rate(weights, x, z, rates, steps: int, *, record_eve
             break
     return run, chosen
 
+
 def _masked_product(ws, gates):
     j = ws[0]
     for w, d in zip(ws[1:], gates):

@@ -19,15 +19,24 @@ from theorems.stats import (
     significance_test,
 )
 
-def layer_sample(n, layer, batch, eta, rng, device):
-    """(W_l, D_l, W_{l+1}) at ``layer`` for ``batch`` networks with one shared input (as in the paper).  The layers
-    before l enter only through their image (:func:`gaussian_image`, exact law), so only W_l and W_{l+1} are drawn."""
-    x = torch.randn(n, generator=rng, device=device, dtype=torch.float64)
-    h = torch.relu(x).expand(batch, n)
+def input_to_layer(x, layer, batch, eta, rng):
+    """h_{l-1} = relu(Y_{l-1}) up to a positive scale, for ``batch`` networks of the MLP Y_k = W_k relu(Y_{k-1})
+    (σ² = 2, Y_0 = x shared): the layers before l enter only through their image (:func:`gaussian_image`, exact
+    law, n normals per layer instead of n^2), renormalised as they go (ReLU and the gates' signs are invariant to a
+    positive scale)."""
+    h = torch.relu(x).expand(batch, x.shape[-1])
     for _ in range(layer - 1):
         y = gaussian_image(h, 2.0, rng, eta=eta)
-        norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)  # ReLU is homogeneous: renormalised
+        norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
         h = torch.relu(y / torch.where(norm > 0, norm, torch.ones_like(norm)))
+    return h
+
+
+def layer_sample(n, layer, batch, eta, rng, device):
+    """(W_l, D_l, W_{l+1}) at ``layer`` for ``batch`` networks with one shared input (as in the paper); only W_l and
+    W_{l+1} are drawn (:func:`input_to_layer`)."""
+    x = torch.randn(n, generator=rng, device=device, dtype=torch.float64)
+    h = input_to_layer(x, layer, batch, eta, rng)
     w = sample_weights(batch, n, 2.0, rng, eta=eta, device=device)
     gate = (torch.einsum("bij,bj->bi", w, h) > 0).double()  # D_l = 1{Y_l > 0}
     return w.cpu().numpy(), gate.cpu().numpy(), sample_weights(batch, n, 2.0, rng, eta=eta, device=device).cpu().numpy()
@@ -53,11 +62,9 @@ def sign_gate_products(n, layer, batch, rng, device):
     x = torch.randn(n, generator=rng, device=device, dtype=torch.float64)
     products, t_w, t_d = [], [], []
     for part in chunks(Ensemble(n, layer, batch=batch)):
-        pre = x.expand(part.batch, n)
-        for _ in range(layer - 1):  # layers before l: only their image is needed (exact law, n normals, not n^2)
-            pre = gaussian_image(torch.relu(pre), 2.0, rng)
+        h = input_to_layer(x, layer, part.batch, 0.0, rng)
         w = sample_weights(part.batch, n, 2.0, rng, device=device)
-        pre = torch.einsum("bij,bj->bi", w, torch.relu(pre))
+        pre = torch.einsum("bij,bj->bi", w, h)
         row_balance, gate = (w > 0).double().sum(dim=-1) - n / 2, (pre > 0).double() - 0.5
         products.append(((gate * row_balance).sum(dim=-1) / n**3).cpu().numpy())
         t_w.append((row_balance.sum(dim=-1) / n**2 + 0.5).cpu().numpy())
