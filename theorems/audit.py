@@ -70,8 +70,8 @@ MUTATIONS = [
               "autograd or image_norm or qr_exponents")),
     Mutation("relu-gate-wrong-layer", "ReLU gates of layer l taken from the next layer's pre-activations",
              "theorems/ensembles.py",
-             "                pre = pre / torch.where(norm > 0, norm, torch.ones_like(norm))\n            yield Factor(w, gate)",
-             "                pre = pre / torch.where(norm > 0, norm, torch.ones_like(norm))\n"
+             '                pre, _ = normalised(torch.einsum("bij,bj->bi", w, torch.relu(pre)))\n            yield Factor(w, gate)',
+             '                pre, _ = normalised(torch.einsum("bij,bj->bi", w, torch.relu(pre)))\n'
              "                gate = (pre > 0).to(dtype) if gate is not None else None\n            yield Factor(w, gate)",
              ("checks/core/test_ensembles.py", "checks/claims/test_lyapunov.py", "-k",
               "autograd or image_norm or qr_exponents")),
@@ -93,8 +93,8 @@ MUTATIONS = [
              "inc = torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))",
              "inc = 2 * torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))", (QR,)),
     Mutation("renormalisation-drops-scale", "the renormalised product forgets its log scale", "theorems/spectral.py",
-             "    return matrix / safe[:, None, None], log_scale + torch.log(norm)",
-             "    return matrix / safe[:, None, None], log_scale", (INIT, "-k", "gamma1 or linearly")),
+             "    return matrix, log_scale + torch.log(norm[:, 0, 0])",
+             "    return matrix, log_scale", (INIT, "-k", "gamma1 or linearly")),
     Mutation("free-rate-sigma", "½ log(σ² p) written as log(σ² p)", "theorems/predictions.py",
              "return 0.5 * math.log(check_sigma2(sigma2) * check_keep_prob(keep_prob))",
              "return math.log(check_sigma2(sigma2) * check_keep_prob(keep_prob))",

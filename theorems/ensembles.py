@@ -41,7 +41,8 @@ from .validation import (
 )
 
 __all__ = [
-    "Pruning", "Ensemble", "Factor", "correlated", "prune_mask", "sample_weights", "gaussian_image", "haar_frame"]
+    "Pruning", "Ensemble", "Factor", "correlated", "prune_mask", "sample_weights", "gaussian_image", "haar_frame",
+    "normalised"]
 
 GateKind = Literal["relu", "bernoulli", "none"]
 MaskKind = Literal["random", "magnitude", "uniform"]
@@ -167,6 +168,14 @@ def gaussian_image(h: torch.Tensor, sigma2: float, generator: torch.Generator, *
     return y
 
 
+def normalised(v: torch.Tensor, dim=-1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(v / ||v||, ||v||)``, the Euclidean norm over ``dim`` (kept as size-1 dimensions); a zero ``v`` stays 0 with
+    norm 0, never NaN (a collapsed product or a dead layer is a result).  The one place products, images and
+    pre-activations are renormalised."""
+    norm = torch.linalg.vector_norm(v, dim=dim, keepdim=True)
+    return v / torch.where(norm > 0, norm, torch.ones_like(norm)), norm
+
+
 def haar_frame(batch: int, width: int, k: int, generator: torch.Generator, *, device=None, dtype=torch.float64):
     """B uniformly random (Haar) orthonormal n x k frames: the Q of a Gaussian matrix's QR."""
     g = torch.randn((batch, width, k), generator=generator, device=device, dtype=dtype)
@@ -267,7 +276,5 @@ class Ensemble:
             w = sample_weights(b, n, self.sigma2, generator, eta=self.eta, pruning=self.pruning,
                                columns=gate if lean else None, device=device, dtype=dtype)
             if self.gates == "relu":
-                pre = torch.einsum("bij,bj->bi", w, torch.relu(pre))
-                norm = torch.linalg.vector_norm(pre, dim=-1, keepdim=True)
-                pre = pre / torch.where(norm > 0, norm, torch.ones_like(norm))
+                pre, _ = normalised(torch.einsum("bij,bj->bi", w, torch.relu(pre)))
             yield Factor(w, gate)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .ensembles import Ensemble, Factor, Pruning, correlated, haar_frame, prune_mask, sample_weights
+from .ensembles import Ensemble, Factor, Pruning, correlated, haar_frame, normalised, prune_mask, sample_weights
 from .predictions import volume_gap
 from .spectral import (
     apply_factor,
@@ -112,9 +112,7 @@ def _coupled_correlated_factors(ens: Ensemble, etas: Sequence[float], gen, devic
             if gated:
                 gate = (pres[i] > 0).to(dtype) if ens.gates == "relu" else common
             if ens.gates == "relu":
-                pre = torch.einsum("bij,bj->bi", w, torch.relu(pres[i]))
-                norm = torch.linalg.vector_norm(pre, dim=-1, keepdim=True)
-                pres[i] = pre / torch.where(norm > 0, norm, torch.ones_like(norm))
+                pres[i], _ = normalised(torch.einsum("bij,bj->bi", w, torch.relu(pres[i])))
             out.append(Factor(w, gate))
         yield out
 

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .ensembles import Factor, haar_frame
+from .ensembles import Factor, haar_frame, normalised
 from .validation import check_int
 
 __all__ = [
@@ -61,9 +61,8 @@ class LogScaledProduct:
 
 
 def _renormalise(matrix: torch.Tensor, log_scale: torch.Tensor):
-    norm = torch.linalg.matrix_norm(matrix)  # Frobenius, (B,)
-    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-    return matrix / safe[:, None, None], log_scale + torch.log(norm)
+    matrix, norm = normalised(matrix, dim=(-2, -1))  # Frobenius
+    return matrix, log_scale + torch.log(norm[:, 0, 0])
 
 
 def apply_factor(factor: Factor, x: torch.Tensor) -> torch.Tensor:
@@ -311,10 +310,8 @@ def log_norm_of_image(factors: Iterable[Factor], u: torch.Tensor) -> torch.Tenso
     x = u.unsqueeze(-1)
     total = torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
     for factor in factors:
-        x = apply_factor(factor, x)
-        norm = torch.linalg.vector_norm(x, dim=(-2, -1))
-        total = total + torch.log(norm)
-        x = x / torch.where(norm > 0, norm, torch.ones_like(norm))[:, None, None]
+        x, norm = normalised(apply_factor(factor, x), dim=(-2, -1))
+        total = total + torch.log(norm[:, 0, 0])
     return total + torch.log(torch.linalg.vector_norm(u, dim=-1))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from theorems.ensembles import Ensemble, gaussian_image, sample_weights
+from theorems.ensembles import Ensemble, gaussian_image, normalised, sample_weights
 from theorems.experiments import GATE_TEST_PAIRS, chunks, gate_test_pvalues
 from theorems.predictions import gate_sign_covariance
 from theorems.profiles import Sizes, product_flops
@@ -26,9 +26,7 @@ def input_to_layer(x, layer, batch, eta, rng):
     positive scale)."""
     h = torch.relu(x).expand(batch, x.shape[-1])
     for _ in range(layer - 1):
-        y = gaussian_image(h, 2.0, rng, eta=eta)
-        norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-        h = torch.relu(y / torch.where(norm > 0, norm, torch.ones_like(norm)))
+        h = torch.relu(normalised(gaussian_image(h, 2.0, rng, eta=eta))[0])
     return h
 
 
