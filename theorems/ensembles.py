@@ -171,8 +171,19 @@ def gaussian_image(h: torch.Tensor, sigma2: float, generator: torch.Generator, *
 def normalised(v: torch.Tensor, dim=-1) -> tuple[torch.Tensor, torch.Tensor]:
     """``(v / ||v||, ||v||)``, the Euclidean norm over ``dim`` (kept as size-1 dimensions); a zero ``v`` stays 0 with
     norm 0, never NaN (a collapsed product or a dead layer is a result).  The one place products, images and
-    pre-activations are renormalised."""
+    pre-activations are renormalised.
+
+    The sum of squares overflows once entries pass about 1e154 although the norm is representable (GD that blew
+    a network's weights up to 1e266 in one step, after which every ReLU died: its Jacobian is exactly 0, a
+    collapse, but an overflowed norm made its log norm inf - inf = NaN; training-stability's control at master seed
+    718): there, and only there, the norm is taken of ``v`` scaled by its largest entry (as LAPACK's dnrm2 does)."""
     norm = torch.linalg.vector_norm(v, dim=dim, keepdim=True)
+    overflowed = torch.isinf(norm)
+    if bool(overflowed.any()):
+        peak = torch.amax(torch.abs(v), dim=dim, keepdim=True)
+        rescaled = peak * torch.linalg.vector_norm(v / torch.where(peak > 0, peak, torch.ones_like(peak)), dim=dim,
+                                                   keepdim=True)
+        norm = torch.where(overflowed, rescaled, norm)
     return v / torch.where(norm > 0, norm, torch.ones_like(norm)), norm
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from theorems.ensembles import Ensemble, Factor, Pruning, haar_frame
+from theorems.ensembles import Ensemble, Factor, Pruning, haar_frame, normalised
 from theorems.predictions import free_log_rate, lyapunov_exponents
 from theorems.seeding import generator
 from theorems.spectral import (
@@ -76,6 +76,24 @@ def test_fully_pruned_layer_is_a_reported_collapse(rng):
     assert lyap.collapsed.all() and not torch.isnan(lyap.log_r).any()
     u = haar_frame(3, 16, 1, rng)[..., 0]
     assert torch.isneginf(log_norm_of_image(factors, u)).all()
+
+
+def test_huge_finite_factors_renormalise_without_overflow_and_a_dead_network_is_a_collapse():
+    """Entries beyond 1e154 overflow a plain sum of squares although the norm is representable.  Training-stability's
+    control at master seed 718: one GD step blew a network's weights up to 1e266, every ReLU after layer 1 died (a
+    finite loss, zero gradients: not a divergence), and the log norm of its exactly-zero Jacobian came out
+    inf - inf = NaN instead of the collapse -inf."""
+    v = torch.tensor([[3e200, 4e200], [0.0, 0.0], [3.0, 4.0]], dtype=torch.float64)
+    unit, norm = normalised(v)
+    assert torch.allclose(norm[:, 0], torch.tensor([5e200, 0.0, 5.0], dtype=torch.float64), rtol=1e-15)
+    assert torch.allclose(unit, torch.tensor([[0.6, 0.8], [0.0, 0.0], [0.6, 0.8]], dtype=torch.float64), rtol=1e-15)
+    w = torch.full((2, 4, 4), 1e266, dtype=torch.float64)
+    dead = torch.zeros(2, 4, dtype=torch.float64)
+    prod = jacobian_product([Factor(w, None), Factor(w / 1e266, dead)], renorm_every=1)
+    ln = log_spectral_norm(prod)
+    assert torch.isneginf(ln).all() and not torch.isnan(ln).any()
+    assert torch.allclose(log_spectral_norm(jacobian_product([Factor(w, None)], renorm_every=1)),
+                          torch.full((2,), math.log(4e266), dtype=torch.float64), rtol=1e-14)
 
 
 @pytest.mark.parametrize("n,L", [(64, 3), (256, 10), (512, 1), (512, 2)])
