@@ -181,8 +181,6 @@ MARKERS = (
     "per-assertion rate (theorems.budget)",
     "parametrize_by_profile(argnames, table, ids=None): parametrize by the run profile's rows of a "
     "theorems.profiles.Sizes table (ids: a list, or a function of a row)",
-    "heavy: one of the run's longest checks; heavy checks are collected first, so that under xdist they start first "
-    "(longest first: the run ends when its last worker does)",
 )
 
 
@@ -226,7 +224,6 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    items[:] = heavy_first(items)
     known = registered_claims()
     for item in items:
         for mark in item.iter_markers("claim"):
@@ -252,15 +249,6 @@ def pytest_collection_modifyitems(session, config, items):
         if missing:
             sys.stdout.write(f"claims without a check: {missing}\n")
             config._theorems_missing = missing
-
-
-def heavy_first(items):
-    """``items`` with the ones marked ``heavy`` moved to the front, each part in its own order (a stable partition).
-
-    pytest-xdist hands out tests in collection order as workers free up, so a long check collected last can run
-    alone at the end while the other workers idle; started first, it overlaps with the short ones (the
-    longest-processing-time-first rule).  Only the order changes: seeds come from node ids, so no number does."""
-    return sorted(items, key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 def pytest_collection_finish(session):

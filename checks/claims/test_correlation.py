@@ -96,7 +96,6 @@ LOG_POWER = 3
 
 @pytest.mark.claim("correlated-weights")
 @pytest.mark.parametrize("gates", GATE_MODELS, scope="module")
-@pytest.mark.heavy
 def test_threshold_scales_like_one_over_n(gates, sweep, profile, verdict):
     """Statistic: exponent a of the empirical threshold corr*(n) ∝ n^a across the width range, the secant between
     the smallest and the largest width (:func:`secant_exponent`; bootstrap errors of each end point, independent
@@ -146,7 +145,6 @@ POWERED_IN_QUICK = {("bernoulli", "zero"), ("bernoulli", "printed-bound")}
 
 @pytest.mark.claim("correlated-weights")
 @pytest.mark.parametrize("gates", GATE_MODELS, scope="module")
-@pytest.mark.heavy
 def test_weak_correlation_keeps_iid_rate(gates, sweep, verdict):
     """Inside the regime (eta sqrt(n) = 1/4, corr = 1/(16 n)) the per-layer slope matches the iid one.
     Statistic: difference of mean slopes over the same depth window; prediction 0; tolerance: the sampling error of two

@@ -167,7 +167,6 @@ EDGE_CASES = Sizes(
 
 @pytest.mark.claim("free-limit")
 @pytest.mark.parametrize_by_profile("L,p,gates,batch", EDGE_CASES)
-@pytest.mark.heavy
 def test_norm_squared_tends_to_the_free_edge(L, p, gates, batch, widths, profile, rng, device, verdict):
     """Statistic: E||J||² extrapolated to n -> inf; prediction lambda_max(L, p, σ²=1/p) (closed form 1);
     negative control: the same extrapolation rejects lambda_max shifted by 10%."""

@@ -291,7 +291,6 @@ def _check_alignment_rates(verdict, rates, label="", asserted=ALIGNMENT_CONTROLS
 
 @pytest.mark.claim("alignment")
 @pytest.mark.parametrize("gates", ALIGN_GATES)
-@pytest.mark.heavy
 def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng, device, verdict):
     """A_l = product of the last l factors (sharing the output end with J; depth L = l_max + ALIGN_TAIL).
     By the lemma, sin θ(u_1(J), u_1(A_l)) ≈ (s_2/s_1)(A_l) x an O(1) factor independent of l, so
@@ -344,7 +343,6 @@ TRAINED_ALIGNMENT_WIDTH = 64
 
 @pytest.mark.claim("alignment")
 @pytest.mark.parametrize("model", ["gated", "relu"])
-@pytest.mark.heavy
 def test_alignment_persists_after_training(model, profile, rng, device, verdict):
     """Haas Fig. 5 (trained panel), on scikit-learn's shipped 8x8 digits (one-hot targets: a rank-10 map), width
     64: ``gated``, the paper's fixed-gates linear network (p = 1/2, σ² = 2); ``relu``, the MLP of full eq. (1)

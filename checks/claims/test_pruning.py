@@ -304,7 +304,6 @@ def edge_measurement(request, device):
 
 @pytest.mark.claim("edge-of-stability")
 @pytest.mark.xdist_group("edge-of-stability")
-@pytest.mark.heavy
 def test_transition_density_scales_like_one_over_n(edge_measurement, edge_sizes, verdict):
     """Statistic: exponent a in rho*(n) ∝ n^a (weighted fit, bootstrap errors); prediction -1; model error
     :func:`log_factor_allowance` (a hidden factor log(n)^b, |b| <= 1, moves the fitted exponent by at most
@@ -327,7 +326,6 @@ def test_transition_density_scales_like_one_over_n(edge_measurement, edge_sizes,
 
 @pytest.mark.claim("edge-of-stability")
 @pytest.mark.xdist_group("edge-of-stability")
-@pytest.mark.heavy
 def test_sufficient_condition_is_conservative(edge_measurement, edge_sizes, verdict):
     """The printed 1-s >> log(n)^5/n is a *sufficient* condition (full §5.1: 'it is highly likely that phase transition
     occurs at a smaller threshold').  Its testable content: stability holds at every density above it, i.e. the

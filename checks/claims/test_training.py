@@ -265,7 +265,6 @@ SETTLED_SHARE = 0.1
 
 @pytest.mark.claim("descent-convergence")
 @pytest.mark.parametrize("data", ["synthetic", "digits"])
-@pytest.mark.heavy
 def test_norm_drops_then_settles(data, profile, rng, device, verdict):
     """Regression by full-batch GD from critical init; each network trains at the largest learning rate of the grid
     {0.3, 0.1, 0.03, 0.01} at which it stays finite and alive (:func:`train_at_largest_stable_rate`; one lr for all
@@ -348,7 +347,6 @@ TRAINED_GATES = Sizes(quick=dict(asymptotic=GateShiftSizes((32, 64, 128), 4, 400
 
 
 @pytest.mark.claim("approx-trained-gates")
-@pytest.mark.heavy
 def test_gate_shift_from_training_vanishes_as_width_grows(profile, rng, device, verdict):
     """Approx. 2 is an n -> inf statement for a fixed number of steps t, justified by lr = O(1/n).  Statistic: per
     network the shift of frac(D_l = 1) at the training input from init to step t (paired: the same networks before

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from theorems.plugin import heavy_first
-
 pytest_plugins = ["pytester"]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "linear_image_norm"
@@ -102,17 +100,3 @@ def test_xdist_workers_are_pinned_round_robin_to_the_gpus_the_caller_allowed():
     with pytest.raises(ValueError, match="gw<N>"):
         gpu_for_worker("master", None, 1)
 
-
-def test_heavy_checks_are_collected_first_and_nothing_else_moves():
-    """Longest first under xdist: the ``heavy`` ones lead, each part keeps its own collection order."""
-
-    class Item:
-        def __init__(self, name, heavy):
-            self.name, self.heavy = name, heavy
-
-        def get_closest_marker(self, name):
-            return object() if name == "heavy" and self.heavy else None
-
-    items = [Item("a", False), Item("b", True), Item("c", False), Item("d", True), Item("e", False)]
-    assert [i.name for i in heavy_first(items)] == ["b", "d", "a", "c", "e"]
-    assert [i.name for i in heavy_first(items[::2])] == ["a", "c", "e"]
