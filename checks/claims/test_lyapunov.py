@@ -1,6 +1,7 @@
 """lyapunov, spectral-separation and alignment (Haas et al., 'Why Deep Jacobian Spectra Separate')."""
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -258,10 +259,14 @@ ALIGN_LENGTHS = {"none": (10, 40, 70), "gated": (60, 130, 200)}  # the asymptoti
 #: errors at 256 networks, covered only by the window difference); with 100 it is within one standard error of 0.
 ALIGN_TAIL = 100
 ALIGN_WIDTH = {"none": 8, "gated": 48}
-#: Networks per alignment ensemble: the estimates use one half, the model errors the other (:func:`alignment_rates`).
-#: Gated quick 512: with 256 (128 per half) the twice-the-rate control's estimated miss reached 0.019 (calibration
-#: seeds 501-516), far above its slot.
-ALIGN_BATCH = {"none": Sizes(quick=192, full=512), "gated": Sizes(quick=512, full=512)}
+#: Networks per alignment ensemble: the estimates use one half, the model errors (upper confidence bounds of the
+#: window change) the other (:func:`alignment_rates`).  Their noise sets the power of the twice-the-rate control, whose
+#: distance from the truth is the separation slope (0.078 per layer at n = 8, p = 1; 0.023 at n = 48, p = 1/2).
+#: Measured over the ensembles of master seeds 701-724 (pooled to the sizes tried): at n = 8 the control's largest
+#: estimated miss is 0.022 with 384 networks and 3e-28 with 768; at n = 48 it is 1 with 512, 0.81 with 768 and 0.002
+#: with 1024 (ReLU): the gated models assert it in the full profile (2048), and record it in the quick one.  The
+#: no-alignment control misses at most 5e-13 with 512 (gated) and 2e-10 with 384 (n = 8).
+ALIGN_BATCH = {"none": Sizes(quick=768, full=1024), "gated": Sizes(quick=512, full=2048)}
 ALIGN_GATES = ["none", "bernoulli", "relu"]
 
 
@@ -291,28 +296,34 @@ def _check_alignment_rates(verdict, rates, label="", asserted=ALIGNMENT_CONTROLS
 
 @pytest.mark.claim("alignment")
 @pytest.mark.parametrize("gates", ALIGN_GATES)
+@pytest.mark.statistical(1)  # the upper bounds of the window change behind the checks' model errors (alignment_rates)
 def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng, device, verdict):
     """A_l = product of the last l factors (sharing the output end with J; depth L = l_max + ALIGN_TAIL).
     By the lemma, sin θ(u_1(J), u_1(A_l)) ≈ (s_2/s_1)(A_l) x an O(1) factor independent of l, so
     statistic: per-step slope of E log sin θ over the last two lengths, plus the slope of E log(s_1/s_2)(A_l)
     over the same window (paired per network); prediction 0 (alignment decays at the measured separation
-    rate); model error: the change of the same statistic from the early window (first two lengths) to the late
-    one, measured on an independent half of the networks (:func:`alignment_rates`: the measured convergence in
-    l, which does not borrow the estimate's noise).  In the
+    rate); model error: twice an upper confidence bound of the change of the same statistic from the early window
+    (first two lengths) to the late one, on an independent half of the networks (:func:`alignment_rates`: the
+    measured convergence in l, which does not borrow the estimate's noise; a transient geometric in l with ratio
+    <= 1/2 per window leaves at most twice that change in the late window).  In the
     asymptotic regime the separation rate is gamma_1 - gamma_2: checked where l >> n is reached (p = 1,
     n = 8).  Negative controls: no alignment (slope of E log sin θ = 0) and twice the rate (sin θ ∝ (s_2/s_1)²:
-    slope of E log sin θ + 2 x slope of E log(s_1/s_2) = 0) are rejected.
-    The negative controls use the slope over the whole span (l0, l2), with half the windows' difference (on
-    the independent half) as model error.  (1 - |<u_1(J), u_1(A_l)>| ≈ sin²/2 decays at twice the rate.)"""
+    slope of E log sin θ + 2 x slope of E log(s_1/s_2) = 0) are rejected (twice the rate: at n = 8 in both
+    profiles, with Bernoulli or ReLU gates at n = 48 in the full one; recorded with its estimated miss in the quick
+    one, see :data:`ALIGN_BATCH`).
+    The negative controls use the slope over the whole span (l0, l2), with 1.5 times the bound of the windows'
+    change (on the independent half) as model error.  (1 - |<u_1(J), u_1(A_l)>| ≈ sin²/2 decays at twice the rate.)"""
     model = align_model(gates)
     n, p = ALIGN_WIDTH[model], 1.0 if gates == "none" else 0.5
     batch, sigma2 = profile.pick(*ALIGN_BATCH[model]), 2.0
     lengths = ALIGN_LENGTHS[model]
     L = lengths[-1] + ALIGN_TAIL
     ens = Ensemble(n, L, sigma2=sigma2, gates=gates, batch=batch, input_gate=gates != "bernoulli")
-    rates = alignment_rates(*alignment_profile(ens.factors(rng, device=device, jacobian_only=True), lengths, 1), lengths)
+    rates = alignment_rates(*alignment_profile(ens.factors(rng, device=device, jacobian_only=True), lengths, 1), lengths,
+                            level_rate=FALSE_FAIL_RATE / 2)  # two checks (sum and, at p = 1, the gap) share it
     verdict.sizes.update(n=n, p=p, gates=gates, L=L, lengths=list(lengths), B=batch)
-    _check_alignment_rates(verdict, rates)
+    _check_alignment_rates(verdict, rates,
+                           asserted=ALIGNMENT_CONTROLS if gates == "none" or profile.full else ("no alignment",))
     if gates == "none":
         g = ens.lyapunov_exponents(2)
         verdict.check(compare("slope of E log sin θ_1 vs -(gamma_1 - gamma_2)", rates["align"],
@@ -331,18 +342,21 @@ class TrainedAlignment(NamedTuple):
 #: network to network: 128 networks, trained for 100 steps instead of 150 to keep its cost.  With 64 (32 per half)
 #: the no-alignment control missed at calibration seed 509 (span slope -0.026, detectable 0.026 of which 0.008 was
 #: the model error measured on the other 32 networks: that error is itself noisy); with 128, -0.032 against 0.018
-#: there (estimated miss 4e-7).  The ReLU MLP trains on 16 digits in the quick profile (its cost is per sample; 64
+#: there (estimated miss 4e-7), a power that rested on the point estimate of the model error: with its upper bound
+#: (:func:`alignment_rates`) the control is recorded in the quick profile (see the check).
+#: The ReLU MLP trains on 16 digits in the quick profile (its cost is per sample; 64
 #: took 60 s): at 0.9 of the stability bound the weights move by about 3e-4 (relative, recorded) with 16 or 64
 #: samples alike, and the statistics agree (seeds 509, 1, 2: span slope -0.032/-0.033/-0.029 with 16 and 64).
 TRAINED_ALIGNMENT = Sizes(quick=dict(gated=TrainedAlignment(90, (10, 35, 60), 32, 150, 256),
                                      relu=TrainedAlignment(90, (10, 35, 60), 128, 100, 16)),
-                          full=dict(gated=TrainedAlignment(100, (10, 40, 70), 64, 400, 512),
-                                    relu=TrainedAlignment(100, (10, 40, 70), 64, 400, 512)))
+                          full=dict(gated=TrainedAlignment(100, (10, 40, 70), 512, 400, 512),
+                                    relu=TrainedAlignment(100, (10, 40, 70), 512, 400, 512)))
 TRAINED_ALIGNMENT_WIDTH = 64
 
 
 @pytest.mark.claim("alignment")
 @pytest.mark.parametrize("model", ["gated", "relu"])
+@pytest.mark.statistical(1)  # the upper bound of the window change behind the check's model error (alignment_rates)
 def test_alignment_persists_after_training(model, profile, rng, device, verdict):
     """Haas Fig. 5 (trained panel), on scikit-learn's shipped 8x8 digits (one-hot targets: a rank-10 map), width
     64: ``gated``, the paper's fixed-gates linear network (p = 1/2, σ² = 2); ``relu``, the MLP of full eq. (1)
@@ -350,9 +364,10 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
     (:func:`stable_learning_rate`; for the MLP computed on its Jacobian factors at init, a heuristic, so the
     check asserts the run stayed finite).  Then the statistics of the init check for the top-10 subspace
     (the rank of the learned map): slope of E log ||sin Θ_10(J, A_l)|| plus the slope of E log(s_10/s_11)(A_l),
-    prediction 0, model error from the early window on the other half of the trained networks (the estimates
-    use one half: :func:`alignment_rates`); negative control: no alignment (span slope 0) is
-    rejected.  Recorded, not asserted: twice the rate (too little power with these ensembles), the same for
+    prediction 0, model error from the bound of the change from the early window on the other half of the trained
+    networks (the estimates use one half: :func:`alignment_rates`); negative control: no alignment (span slope 0) is
+    rejected (full profile; recorded with its estimated miss in the quick one, too few trained networks).
+    Recorded, not asserted: twice the rate (too little power with these ensembles), the same for
     k = 1 (training evens out J's top singular values, so in the gated model u_1 aligns more slowly: about -0.01
     to -0.02 per layer against -0.03 at k = 10), the loss ratio, how far the weights moved (relative Frobenius
     change per layer), and mismatched pairs (U_k(J) of another network: no shared factor, no alignment)."""
@@ -375,19 +390,20 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
                            0.0))
     verdict.record(compare("relative weight change ||W_l(t) - W_l(0)||_F / ||W_l(0)||_F (mean over layers)",
                            mean_estimate(change.cpu().numpy()), 0.0))
-    # The trained fixed-gates network's no-alignment control has too little power at quick sizes: its span slope is
-    # about -0.03 (-0.035 at the default seed, -0.022 at master seed 101) against a detectable 0.029 (16 networks for
-    # the estimate, 16 for the model error): recorded in the quick profile, asserted in full.
-    # Twice the rate is told apart only by the separation slope itself (about 0.02-0.03 per layer against a
-    # detectable 0.02-0.03 with 32-48 trained networks): recorded here; the init check asserts it.
-    asserted = ("no alignment",) if profile.full or model == "relu" else ()
-    _check_alignment_rates(verdict, alignment_rates(*alignment_profile(factors, lengths, k), lengths),
+    # The no-alignment control has too little power at quick sizes once the model error is an upper bound of the
+    # window change (not its point estimate, which can be 0 by chance: alignment_rates): at the default seed the
+    # span slope is -0.029 against a detectable 0.14 (gated, 32 networks) and 0.055 (ReLU, 128): recorded in the
+    # quick profile, asserted in the full one (512 networks; not yet measured: it needs the GPU).  The trained
+    # separation slope at k = 10 is small (r, the transient's ratio between windows, is near 1), which inflates the
+    # bound.  Twice the rate is told apart only by the separation slope itself: recorded; the init check asserts it.
+    asserted = ("no alignment",) if profile.full else ()
+    rates = partial(alignment_rates, lengths=lengths, level_rate=FALSE_FAIL_RATE)
+    _check_alignment_rates(verdict, rates(*alignment_profile(factors, lengths, k)),
                            label=f" (trained {model}, k = {k})", asserted=asserted)
-    top1 = alignment_rates(*alignment_profile(factors, lengths, 1), lengths)
+    top1 = rates(*alignment_profile(factors, lengths, 1))
     verdict.record(compare("slope of E log sin θ_1 (trained, k = 1)", top1["align"], 0.0,
                            model_error=top1["align_error"]))
-    mismatched = alignment_rates(*alignment_profile(factors, lengths, k, pair_with=np.roll(np.arange(batch), 1)),
-                                 lengths)
+    mismatched = rates(*alignment_profile(factors, lengths, k, pair_with=np.roll(np.arange(batch), 1)))
     verdict.record(compare(f"slope of E log sin θ_{k}, mismatched pairs", mismatched["align"], 0.0,
                            model_error=mismatched["align_error"]))
 

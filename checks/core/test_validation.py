@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from theorems import predictions as P
 from theorems.ensembles import Ensemble, Pruning
@@ -109,9 +110,11 @@ def test_training_helpers_reject_bad_input(rng):
         alignment_profile(factors, [2, 4], 1)
 
 
-def test_alignment_model_errors_come_from_the_other_half():
+def test_alignment_model_errors_come_from_the_other_half_and_bound_their_noise():
     """:func:`alignment_rates` (claim alignment): the estimates use the first half of the networks and the model
-    errors only the second, so moving the first half moves the estimates and leaves the model errors as they were."""
+    errors only the second, so moving the first half moves the estimates and leaves the model errors as they were;
+    a model error is an upper confidence bound of the window change, so it is not 0 when the measured change is
+    (the noise of the change is part of it), and it grows as the level tightens."""
     from theorems.experiments import alignment_rates
 
     lengths = (10, 20, 30)
@@ -119,13 +122,30 @@ def test_alignment_model_errors_come_from_the_other_half():
     log_sin = {l: -0.03 * l + g.normal(size=8) for l in lengths}
     log_gap = {l: 0.03 * l + g.normal(size=8) for l in lengths}
     shifted = {l: np.concatenate([v[:4] - 0.01 * l, v[4:]]) for l, v in log_sin.items()}
-    before, after = alignment_rates(log_sin, log_gap, lengths), alignment_rates(shifted, log_gap, lengths)
+    rate = 1e-3
+    before, after = (alignment_rates(log_sin, log_gap, lengths, level_rate=rate),
+                     alignment_rates(shifted, log_gap, lengths, level_rate=rate))
     assert before["networks"] == (4, 4)
     assert after["align"].value == pytest.approx(before["align"].value - 0.01)
     for error in ("align_error", "sum_error", "span_error", "twice_span_error"):
         assert after[error] == before[error]
+    # the second half's change of log sin θ has mean exactly 0 (its early and late slopes agree), not its bound
+    flat = {l: np.concatenate([v[:4], np.full(4, -0.03 * l) + np.array([1.0, -1.0, 0.5, -0.5]) * (l == 20)])
+            for l, v in log_sin.items()}
+    rates = alignment_rates(flat, log_gap, lengths, level_rate=rate)
+    second_change = np.array([-2.0, 2.0, -1.0, 1.0]) / 10  # (late - early) slopes per network of the second half
+    bound = stats.t.isf(rate / 2, 3) * second_change.std(ddof=1) / 2
+    r = rates["transient_ratio"]  # the transient's ratio between windows, at the second half's separation rate
+    assert r == pytest.approx(math.exp(-10 * np.mean((log_gap[30][4:] - log_gap[10][4:]) / 20)))
+    assert rates["align_error"] == pytest.approx(bound / (1 - r))
+    assert rates["span_error"] == pytest.approx(bound * (1 + r) / (2 * (1 - r)))
+    assert alignment_rates(flat, log_gap, lengths, level_rate=rate / 10)["align_error"] > rates["align_error"]
     with pytest.raises(ValueError, match="at least 4"):
-        alignment_rates({l: v[:3] for l, v in log_sin.items()}, log_gap, lengths)
+        alignment_rates({l: v[:3] for l, v in log_sin.items()}, log_gap, lengths, level_rate=rate)
+    with pytest.raises(ValueError, match="level_rate"):
+        alignment_rates(log_sin, log_gap, lengths, level_rate=0.0)
+    with pytest.raises(ValueError, match="positive separation"):
+        alignment_rates(log_sin, {l: -v for l, v in log_gap.items()}, lengths, level_rate=rate)
 
 
 def test_stable_learning_rate_keeps_gd_stable_and_is_not_vacuous(rng):
