@@ -229,10 +229,8 @@ def mean_square_gain(ens: Ensemble, gen, device="cpu") -> np.ndarray:
     x = haar_frame(ens.batch, ens.width, 1, gen, device=device)
     total = torch.zeros(ens.batch, dtype=torch.float64, device=device)
     for factor in ens.factors(gen, device=device, jacobian_only=True):
-        x = apply_factor(factor, x)
-        norm2 = torch.sum(x * x, dim=(-2, -1))
-        total = total + norm2
-        x = x / torch.sqrt(torch.where(norm2 > 0, norm2, torch.ones_like(norm2)))[:, None, None]
+        x, norm = normalised(apply_factor(factor, x), dim=(-2, -1))
+        total = total + norm[:, 0, 0] ** 2
     return _np(total / ens.depth)
 
 
@@ -416,18 +414,19 @@ def alignment_rates(log_sin: dict, log_gap: dict, lengths: Sequence[int], *, lev
         change = mean_estimate(late - early)
         return abs(change.value) + float(stats.t.isf(level_rate / 2, change.dof)) * change.stderr
 
-    separation = float(np.mean(slope(second[1], l0, l2)))
-    if not separation > 0:
+    settling = float(np.mean(slope(second[1], l0, l2)))  # the separation rate the transients fade at
+    if not settling > 0:
         raise ValueError(f"the transient model needs a positive separation slope of E log(s_k/s_k+1); measured "
-                         f"{separation:.3g} on the second half over lengths {list(lengths)}")
-    r = math.exp(-min(l1 - l0, l2 - l1) * separation)
+                         f"{settling:.3g} on the second half over lengths {list(lengths)}")
+    r = math.exp(-min(l1 - l0, l2 - l1) * settling)
     late, span = 1 / (1 - r), (1 + r) / (2 * (1 - r))
     sin, gap = first
+    align_bound = transient_bound(0.0)
     return {
         "align": mean_estimate(slope(sin, l1, l2)),
-        "align_error": late * transient_bound(0.0),
+        "align_error": late * align_bound,
         "align_span": mean_estimate(slope(sin, l0, l2)),
-        "span_error": span * transient_bound(0.0),
+        "span_error": span * align_bound,
         "align_plus_separation": mean_estimate(windows(sin, gap, 1.0)[1]),
         "sum_error": late * transient_bound(1.0),
         "separation": float(np.mean(slope(gap, l1, l2))),

@@ -99,4 +99,3 @@ def test_xdist_workers_are_pinned_round_robin_to_the_gpus_the_caller_allowed():
     assert visible_gpus(" 2, 4 ", 8) == ["2", "4"]
     with pytest.raises(ValueError, match="gw<N>"):
         gpu_for_worker("master", None, 1)
-
