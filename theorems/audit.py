@@ -10,7 +10,7 @@ the code, which says nothing about the checks' power: fix the mutation or the co
 strengthen or a stated limit of the suite.  Writes JSON and a markdown table (default
 ``reports/audit/<time>.json|.md``).  Mutations run as parallel local processes (``--workers``, default the cores
 divided by 2: each run uses two xdist workers).  This is run on demand, not in CI: a full audit takes about
-15 x 1 minute of 2-core CPU.
+17 x 1 minute of 2-core CPU.
 """
 
 from __future__ import annotations
@@ -99,6 +99,11 @@ MUTATIONS = [
              "return 0.5 * math.log(check_sigma2(sigma2) * check_keep_prob(keep_prob))",
              "return math.log(check_sigma2(sigma2) * check_keep_prob(keep_prob))",
              (INIT, "-k", "printed_rate")),  # invisible at criticality (σ² p = 1): only off-critical uses can see it
+    Mutation("volume-gap-without-half", "the volume gap as E[-log det(Q^T V V^T Q)], without the ½ of |det|",
+             "theorems/predictions.py",
+             "return float(0.5 * np.sum(special.digamma((n - i + 1) / 2) - special.digamma((k - i + 1) / 2)))",
+             "return float(np.sum(special.digamma((n - i + 1) / 2) - special.digamma((k - i + 1) / 2)))",
+             ("checks/claims/test_lyapunov.py", "-k", "finite_depth")),
 ]
 
 

@@ -251,6 +251,16 @@ class Ensemble:
         self._iid_gaussian("lyapunov_exponents")
         return lyapunov_exponents(self.width, self.effective_keep_prob, self.sigma2, k, **options)
 
+    def finite_depth_correction(self, k: int = 1):
+        """``b_j = d_{j-1} - d_j``, j = 1..k: the limit of ``E log s_{j,L} - L gamma_j`` as L -> inf (claim lyapunov,
+        statement finite-depth-constants; :func:`theorems.predictions.finite_depth_constants`).  It depends on the
+        width only; it holds wherever ``E log vol_k(J Q) = L sum gamma_i`` is exact (the models of
+        :meth:`lyapunov_exponents`)."""
+        from .predictions import finite_depth_correction
+
+        self._iid_gaussian("finite_depth_correction")
+        return finite_depth_correction(self.width, k)
+
     def free_log_rate(self) -> float:
         """½ log(σ² p): the n -> inf per-layer rate of log||J|| of this model (theorems.predictions.free_log_rate)."""
         from .predictions import free_log_rate

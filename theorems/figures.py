@@ -214,11 +214,14 @@ def fig_lyapunov(out, sizes, seed, device):
     depths = [6, 12, 24, 48, 96, 192]
     ens = Ensemble(n2, depths[-1], sigma2=2.0, gates="none", batch=64)
     at = log_singular_values_at(ens, depths, 3, g, device)
-    gam = ens.lyapunov_exponents(3)
+    gam, corr = ens.lyapunov_exponents(3), ens.finite_depth_correction(3)
+    fine = np.geomspace(depths[0], depths[-1], 60)
     for i in range(3):
-        line, = ax[1].plot(depths, [np.mean(at[L][:, i]) / L for L in depths], "o-", label=f"(1/L) E log s_{i + 1}")
+        line, = ax[1].plot(depths, [np.mean(at[L][:, i]) / L for L in depths], "o", label=f"(1/L) E log s_{i + 1}")
         ax[1].axhline(gam[i], color=line.get_color(), ls="--", lw=0.8)
-    ax[1].set(xscale="log", xlabel="depth L", ylabel="(1/L) log s_k", title=f"convergence to γ_k (n={n2}, p=1), O(1/L)")
+        ax[1].plot(fine, gam[i] + corr[i] / fine, ":", color=line.get_color(), lw=1.0)
+    ax[1].set(xscale="log", xlabel="depth L", ylabel="(1/L) log s_k",
+              title=f"convergence to γ_k (dashed), γ_k + (d_k-1 - d_k)/L (dotted); n={n2}, p=1")
     ax[1].legend(fontsize=7)
     _caption(fig, f"16-64 networks; seed {seed}.")
     _save(fig, out / "lyapunov.png", bottom=0.04)

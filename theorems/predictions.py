@@ -22,6 +22,8 @@ __all__ = [
     "gate_dropout_probability",
     "resolvable_k",
     "volume_gap",
+    "finite_depth_constants",
+    "finite_depth_correction",
     "magnitude_pruning_scale",
     "random_pruning_scale",
     "critical_sigma2",
@@ -152,6 +154,33 @@ def volume_gap(width: int, k: int) -> float:
         return 0.0
     i = np.arange(1, k + 1)
     return float(0.5 * np.sum(special.digamma((n - i + 1) / 2) - special.digamma((k - i + 1) / 2)))
+
+
+def finite_depth_constants(width: int, k: int) -> np.ndarray:
+    """``d_0, ..., d_k`` of the finite-depth correction (claim lyapunov, statement finite-depth-constants; Haas Figs
+    2-3: ``(1/L) log s_{k,L} ≈ gamma_k + (d_{k-1} - d_k)/L``): ``d_j = E log|det(V_j^T Q)| = -volume_gap(n, j)``,
+    ``d_0 = 0``.
+
+    Derivation.  For a Haar k-frame Q independent of J, ``E log vol_k(J Q) = L sum_{i<=k} gamma_i`` exactly in the
+    gated and ReLU models (every layer, the input gate included, multiplies the volume of a Haar frame by a factor of
+    the same law), and by Cauchy-Binet ``log vol_k(JQ) = sum_{i<=k} log s_i + log|det(V_k^T Q)| + delta_k`` with
+    ``delta_k = ½ log(1 + sum over the other k-subsets S of prod_S s²/prod_{<=k} s² det(V_S^T Q)²/det(V_k^T Q)²) >= 0``,
+    which vanishes as the spectrum separates (ratios e^{-L(gamma_k - gamma_{k+1})}).  So
+    ``E sum_{i<=k} log s_i - L sum_{i<=k} gamma_i -> -E log|det(V_k^T Q)| = volume_gap(n, k)`` (the law of ``V_k^T Q``
+    is the same for every orthonormal V_k, Q being Haar), hence ``E log s_k - L gamma_k -> d_{k-1} - d_k`` with the
+    paper's sign convention: ``d_j <= 0`` decreasing, the correction ``d_0 - d_1 = volume_gap(n, 1) > 0`` (Fig. 2:
+    ``(1/L) log s_1`` approaches gamma_1 from above).
+    """
+    n = check_width(width)
+    k = check_int("k", k, maximum=n)
+    return np.array([0.0] + [-volume_gap(n, j) for j in range(1, k + 1)])
+
+
+def finite_depth_correction(width: int, k: int) -> np.ndarray:
+    """``b_j = d_{j-1} - d_j`` for j = 1..k: the limit of ``E log s_{j,L} - L gamma_j`` as L -> inf (the first-order
+    correction's numerator, :func:`finite_depth_constants`)."""
+    d = finite_depth_constants(width, k)
+    return d[:-1] - d[1:]
 
 
 def magnitude_pruning_scale(width: int, sparsity: float, exact: bool = True) -> float:

@@ -168,13 +168,21 @@ def log_spectral_norm(prod: LogScaledProduct, method: str = "auto") -> torch.Ten
     return log_singular_values(prod, 1)[:, 0]
 
 
-def resolvable(log_sv: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def resolvable(log_sv: torch.Tensor, dtype: torch.dtype = torch.float64, *,
+               relative_error: float | None = None) -> torch.Tensor:
     """Mask of singular values above the precision floor of the explicit product.
 
-    The precision floor: a value below ``log s_max + log(eps)/2`` (i.e. an exponent below
-    ``(1/L) log s_max + log(eps)/(2L)``) cannot be resolved in that dtype and must be flagged.
+    The SVD of the explicit product (and the product itself, renormalised layer by layer) errs by about
+    ``eps s_max`` in every singular value, so ``s`` carries a relative error of about ``eps s_max / s``; the floor is
+    where that reaches ``relative_error`` (default ``sqrt(eps)``: a value below ``log s_max + log(eps)/2``, i.e. an
+    exponent below ``(1/L) log s_max + log(eps)/(2L)``, cannot be resolved in that dtype and must be flagged).  A check
+    whose statistic tolerates more (a log singular value compared at 1e-2) may pass a larger ``relative_error``.
     """
-    floor = log_sv[..., :1] + 0.5 * math.log(torch.finfo(dtype).eps)
+    eps = torch.finfo(dtype).eps
+    tolerated = math.sqrt(eps) if relative_error is None else float(relative_error)
+    if not eps < tolerated < 1:
+        raise ValueError(f"relative_error must lie in (eps = {eps:.3g}, 1); got {relative_error}")
+    floor = log_sv[..., :1] + math.log(eps) - math.log(tolerated)
     return log_sv > floor
 
 

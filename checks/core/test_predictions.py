@@ -132,6 +132,17 @@ def test_volume_gap_is_the_expected_log_overlap(seed):
     assert abs(vals.mean() - P.volume_gap(n, k)) < 5 * vals.std() / math.sqrt(len(vals))
 
 
+@pytest.mark.parametrize("n", [2, 7, 16, 64])
+def test_finite_depth_constants_telescope_to_the_volume_gap(n):
+    """d_0 = 0, d_j = -volume_gap(n, j) (so d_n = 0: the full volume is the determinant), and b_1 = d_0 - d_1 =
+    ½[digamma(n/2) - digamma(1/2)]: the expected -log|<v_1, q>| of two independent uniform unit vectors."""
+    d = P.finite_depth_constants(n, n)
+    assert d[0] == 0.0 and d[-1] == 0.0 and (d[1:-1] < 0).all()
+    b = P.finite_depth_correction(n, n)
+    np.testing.assert_allclose(np.cumsum(b), [P.volume_gap(n, j) for j in range(1, n + 1)], rtol=0, atol=1e-12)
+    assert b[0] == pytest.approx(0.5 * (special.digamma(n / 2) - special.digamma(0.5)), abs=1e-12)
+
+
 # --- closed form 3: pruning scales ----------------------------------------------------------------
 
 @pytest.mark.parametrize("n,s", [(4, 0.5), (8, 0.9), (16, 0.75), (32, 0.99)])

@@ -259,3 +259,24 @@ def test_lyapunov_qr_methods_agree():
     assert torch.equal(est["auto"], est["householder"])  # on the CPU auto is Householder: the suite's numbers
     with pytest.raises(ValueError, match="qr must be one of"):
         lyapunov_qr(factors, 5, generator(7), qr="givens")
+
+
+def test_finite_depth_offsets_match_plain_linear_algebra():
+    """finite_depth_offsets against a plain product, its SVD and one Householder QR of J Q per frame (the same draws:
+    the frames first, then the factors), and its deficits are >= 0 (Cauchy-Binet: vol_j(JQ) >= s_1..s_j |det V_j^T Q|)."""
+    from theorems.experiments import finite_depth_offsets
+
+    n, L, B, k, frames = 8, 5, 3, 3, 4
+    ens = Ensemble(n, L, sigma2=2.0, gates="bernoulli", keep_prob=0.9, batch=B)
+    out = finite_depth_offsets(ens, k, frames, generator(11))
+    g = generator(11)
+    start = haar_frame(B * frames, n, k, g).reshape(B, frames, n, k)
+    j = plain_product(list(ens.factors(g, jacobian_only=True)))
+    _, s, vh = torch.linalg.svd(j)
+    log_r = torch.log(torch.abs(torch.diagonal(torch.linalg.qr(j[:, None] @ start)[1], dim1=-2, dim2=-1)))
+    log_s = torch.log(s[:, :k])
+    torch.testing.assert_close(torch.as_tensor(out["offset"]), log_s - log_r.mean(1), rtol=0, atol=1e-9)
+    log_det = torch.stack([torch.linalg.slogdet(vh[:, None, :m, :] @ start[..., :m])[1] for m in range(1, k + 1)], -1)
+    delta = torch.cumsum(log_r, -1) - torch.cumsum(log_s, -1)[:, None] - log_det
+    torch.testing.assert_close(torch.as_tensor(out["delta"]), delta.mean(1), rtol=0, atol=1e-9)
+    assert (delta > -1e-9).all()
