@@ -168,3 +168,20 @@ def test_bad_options_are_usage_errors_before_any_work(tmp_path, option, name, pr
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 4, res.stdout[-1000:] + res.stderr[-1000:]  # pytest's usage-error status
     assert name in res.stderr and problem in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_summary_key_figures_of_a_claim_are_its_own_statements():
+    """A named statement's records appear in its own row, not among the claim's key figures (the main row)."""
+    from theorems.reporting import render_summary
+
+    def test(nodeid, statement, statistic):
+        return {"nodeid": nodeid, "claims": ["approx-gates"], "statements": [["approx-gates", statement]],
+                "outcome": "passed", "printed": False, "duration": 0.1, "seed": 1, "message": "", "notes": {},
+                "records": [{"statistic": statistic, "role": "check", "estimate": 1.0, "prediction": 1.0, "ci_low": 0.9,
+                             "ci_high": 1.1, "model_error": 0.0, "min_discrepancy": 0.1, "n": 2, "sizes": {}}]}
+
+    tests = [test("a::main", "main", "main statistic"), test("a::remark", "finite-n-remarks", "remark statistic")]
+    doc = {"run": "r", "profile": "quick", "device": "cpu", "master_seed": 1, "torch": "x", "duration_s": 1.0,
+           "tests": tests, "claims": claim_table(tests)}
+    row = next(line for line in render_summary(doc).splitlines() if line.startswith("| `approx-gates` |"))
+    assert "main statistic" in row and "remark statistic" not in row
