@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .ensembles import Ensemble, Pruning
-from .experiments import alignment_profile, log_norms_at, log_singular_values_at, qr_exponents
+from .experiments import alignment_profile, finite_depth_offsets, log_norms_at, log_singular_values_at, qr_exponents
 from .predictions import (
     edge_of_stability_density,
     magnitude_pruning_scale,
@@ -200,7 +200,7 @@ def fig_edge_of_stability(out, sizes, seed, device):
 def fig_lyapunov(out, sizes, seed, device):
     plt = _plt()
     g = generator(derive_seed(seed, "fig_lyapunov"), device)
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
     n, k = 64, 32
     for p, gates in ((1.0, "none"), (0.5, "bernoulli"), (0.5, "relu")):
         kk = k if p == 1 else 16
@@ -221,8 +221,19 @@ def fig_lyapunov(out, sizes, seed, device):
         ax[1].axhline(gam[i], color=line.get_color(), ls="--", lw=0.8)
         ax[1].plot(fine, gam[i] + corr[i] / fine, ":", color=line.get_color(), lw=1.0)
     ax[1].set(xscale="log", xlabel="depth L", ylabel="(1/L) log s_k",
-              title=f"convergence to γ_k (dashed), γ_k + (d_k-1 - d_k)/L (dotted); n={n2}, p=1")
+              title=f"γ_k (dashed), γ_k + (d_k-1 - d_k)/L (dotted); n={n2}, p=1")
     ax[1].legend(fontsize=7)
+    kk = 4  # Fig. 3: the finite-depth residual times L against k, and the derived constants d_k-1 - d_k
+    for n3, p, gates, depth in ((16, 1.0, "none", 128), (64, 0.5, "bernoulli", 256)):
+        ens = Ensemble(n3, depth, sigma2=2.0, keep_prob=p, gates=gates, batch=64)
+        off = finite_depth_offsets(ens, kk, 16, g, device)["offset"]
+        line = ax[2].errorbar(range(1, kk + 1), off.mean(0), yerr=2 * off.std(0) / math.sqrt(len(off)), fmt="o", ms=4,
+                              capsize=2, label=f"E log s_k - L γ_k, n={n3}, p={p}, L={depth}")
+        ax[2].plot(range(1, kk + 1), ens.finite_depth_correction(kk), "_", ms=14, color=line[0].get_color())
+    ax[2].axhline(0.0, color="k", ls=":", lw=0.8)
+    ax[2].set(xlabel="k", ylabel="L ((1/L) log s_k - γ_k)", xticks=range(1, kk + 1),
+              title="finite-depth constants (bars: d_k-1 - d_k, derived)")
+    ax[2].legend(fontsize=7)
     _caption(fig, f"16-64 networks; seed {seed}.")
     _save(fig, out / "lyapunov.png", bottom=0.04)
 
