@@ -23,6 +23,7 @@ from .spectral import (
     log_spectral_norm,
     lyapunov_qr,
     products_at,
+    qr_log_diagonal,
     subspace_sin_theta,
     suffix_products,
     top_left_singular_vectors,
@@ -37,6 +38,7 @@ from .stats import (
     per_layer_slopes,
     uniformity_pvalue,
 )
+from .validation import check_int
 
 __all__ = [
     "gate_test_pvalues",
@@ -353,11 +355,8 @@ def finite_depth_offsets(ens: Ensemble, k: int, frames: int, gen, device="cpu") 
 
     Returns ``offset`` (B, k), ``delta`` (B, k) (frame means) and ``log_sv`` (B, k) (to check the precision floor).
     """
-    k, frames = int(k), int(frames)
-    if not 1 <= k < ens.width:
-        raise ValueError(f"k must be an integer in [1, {ens.width - 1}]; got {k}")
-    if frames < 1:
-        raise ValueError(f"frames must be a positive integer; got {frames}")
+    k = check_int("k", k, maximum=ens.width - 1)
+    frames = check_int("frames", frames)
     parts = {"offset": [], "delta": [], "log_sv": []}
     for part in chunks(ens):
         b, n = part.batch, part.width
@@ -367,9 +366,8 @@ def finite_depth_offsets(ens: Ensemble, k: int, frames: int, gen, device="cpu") 
         product = None
         for factor in part.factors(gen, device=device, jacobian_only=True):
             product = extend_product(product, factor, renorm_every=1)
-            z = apply_factor(factor, q).reshape(b, n, frames, k).permute(0, 2, 1, 3)
-            qs, r = torch.linalg.qr(z)
-            log_r = log_r + torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))
+            qs, inc = qr_log_diagonal(apply_factor(factor, q).reshape(b, n, frames, k).permute(0, 2, 1, 3))
+            log_r = log_r + inc
             q = qs.permute(0, 2, 1, 3).reshape(b, n, frames * k)
         _, s, vh = torch.linalg.svd(product.matrix)
         log_sv = torch.log(s[:, :k]) + product.log_scale[:, None]

@@ -579,7 +579,7 @@ def render_summary(doc: dict) -> str:
     tests_by_id = {t["nodeid"]: t for t in doc["tests"]}
     for cid, c in doc["claims"].items():
         figs = []  # the claim's own statement's figures: a named statement has its own row below
-        for nid in (c["statements"][MAIN]["checks"] if "statements" in c else c["checks"]):
+        for nid in c["statements"][MAIN]["checks"]:
             t = tests_by_id[nid]
             for r in [r for r in t["records"] if r["role"] == "check"][:1]:
                 tag = (" (erratum)" if t.get("erratum") else " (printed, refuted)") if t["outcome"] == "xfailed" else ""

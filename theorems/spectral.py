@@ -34,6 +34,7 @@ __all__ = [
     "LyapunovEstimate",
     "lyapunov_qr",
     "cholesky_qr2",
+    "qr_log_diagonal",
     "QR_METHODS",
     "log_norm_of_image",
     "suffix_products",
@@ -267,6 +268,17 @@ def cholesky_qr2(x: torch.Tensor, *, max_defect: float = CHOLESKY_QR_MAX_DEFECT)
     return torch.linalg.qr(x)
 
 
+def qr_log_diagonal(z: torch.Tensor, qr: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of a QR flow: the thin ``Q R = z`` of a batch of blocks and ``log|diag R|`` (the log growth of the
+    nested volumes).  ``qr``: one of :data:`QR_METHODS` (``auto``: :func:`cholesky_qr2` on CUDA, Householder on the
+    CPU, where batched Householder is fast and the suite's CPU numbers were made)."""
+    if qr not in QR_METHODS:
+        raise ValueError(f"qr must be one of {QR_METHODS}; got {qr!r}")
+    method = ("cholesky2" if z.is_cuda else "householder") if qr == "auto" else qr
+    q, r = cholesky_qr2(z) if method == "cholesky2" else torch.linalg.qr(z)
+    return q, torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))
+
+
 def lyapunov_qr(
     factors: Iterable[Factor],
     k: int,
@@ -282,8 +294,7 @@ def lyapunov_qr(
     of the nested volumes.  With ``checkpoints`` a dict depth -> :class:`LyapunovEstimate` is
     returned, else the estimate at full depth.  For the gated and ReLU models every increment has
     expectation ``gamma_i`` exactly (:func:`theorems.predictions.lyapunov_exponents`), so the estimate is unbiased at
-    every depth.  ``qr``: one of :data:`QR_METHODS` (``auto``: :func:`cholesky_qr2` on CUDA, Householder on the CPU,
-    where batched Householder is fast and the suite's CPU numbers were made).
+    every depth.  ``qr``: one of :data:`QR_METHODS` (:func:`qr_log_diagonal`).
     """
     k = check_int("k", k)
     if qr not in QR_METHODS:
@@ -299,10 +310,7 @@ def lyapunov_qr(
             if k > w.shape[-1]:
                 raise ValueError(f"k must be an integer in [1, {w.shape[-1]}]; got {k}")
             q = haar_frame(w.shape[0], w.shape[-1], k, generator, device=w.device, dtype=w.dtype)
-        z = apply_factor(factor, q)
-        method = ("cholesky2" if z.is_cuda else "householder") if qr == "auto" else qr
-        q, r = cholesky_qr2(z) if method == "cholesky2" else torch.linalg.qr(z)
-        inc = torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))
+        q, inc = qr_log_diagonal(apply_factor(factor, q), qr)
         log_r = inc if log_r is None else log_r + inc
         if depth in wanted:
             out[depth] = LyapunovEstimate(log_r.clone(), depth)

@@ -324,8 +324,8 @@ def test_norm_drops_then_settles(data, profile, rng, device, verdict):
 #: the end widths only, and a network at n = 128 costs 16 at n = 32: with 400 at each width the relative standard
 #: errors of the mean shift were 0.068 and 0.083 at n = 32 and 128 (shift -0.053 and -0.017), the exponent's 0.077, and
 #: at calibration seed 744 the exponent (about -0.47) was only about 6 standard errors below 0 (estimated probability of
-#: failing 0.016, above its slot); 1600 networks at n = 32 and 600 at n = 128 bring it to about 0.055 for 3 s more.  ``printed``: App. G.2's
-#: setting, n = 100 and lr t = 0.4 (the paper: L = 30, l = 10, lr = 1e-4, t = 4000, N = 1000; quick: depth 5, l = 4,
+#: failing 0.016, above its slot); 1600 networks at n = 32 and 600 at n = 128 bring it to 0.052 for 3 s more.
+#: ``printed``: App. G.2's setting, n = 100 and lr t = 0.4 (the paper: L = 30, l = 10, lr = 1e-4, t = 4000, N = 1000; quick: depth 5, l = 4,
 #: 40 steps of 1e-2: the same lr t), as (n, layer, depth, N, steps, lr).
 class GateShiftSizes(NamedTuple):
     widths: tuple
