@@ -220,20 +220,28 @@ def perturbed(factors, gen, *, pruning: Pruning | None = None, eta: float = 0.0,
         yield Factor(w, gate)
 
 
-def mean_square_gain(ens: Ensemble, gen, device="cpu") -> np.ndarray:
-    """Per network, the mean over layers of ``||F_l x_l||² / ||x_l||²``, x_l the network's own image of a Haar unit u
-    after l-1 layers (claims random-pruning-scaling, magnitude-pruning-scaling).  Given the past, each term has
-    expectation exactly σ² p for Gaussian weights with Bernoulli(p) gates (or none, p = 1), and stays exactly σ² p
-    for random pruning scaled by (1-s)^-1/2 and magnitude pruning scaled by t_n (their scales' definition: E[c² m w²]
-    = σ²/n per entry, and the mask's sign symmetry removes the cross terms): the check of a scale has no model error
-    at any n, and a scale error c multiplies it by c².  Matrix-vector products only, streamed."""
+def mean_square_gain(ens: Ensemble, gen, device="cpu", *, probes: int = 1) -> np.ndarray:
+    """Per network, the mean over layers of ``||F_l X_l||_F² / k``, X_l the network's own orthonormal image of a Haar
+    n x k frame after l-1 layers (k = ``probes``; claims random-pruning-scaling, magnitude-pruning-scaling).  Given
+    the past, each column's term has expectation exactly σ² p for Gaussian weights with Bernoulli(p) gates (or none,
+    p = 1), and stays exactly σ² p for random pruning scaled by (1-s)^-1/2 and magnitude pruning scaled by t_n (their
+    scales' definition: E[c² m w²] = σ²/n per entry, and the mask's sign symmetry removes the cross terms): the check
+    of a scale has no model error at any n, and a scale error c multiplies it by c².  k orthogonal probes of the same
+    factor average k nearly independent terms (exactly independent for a dense Gaussian factor without gates) for
+    about the cost of sampling it.  Matrix products only, streamed."""
     if ens.gates == "relu":
         raise ValueError("gates must be independent of the image direction (gates='bernoulli' or 'none')")
-    x = haar_frame(ens.batch, ens.width, 1, gen, device=device)
+    k = check_int("probes", probes, minimum=1, maximum=ens.width)
+    x = haar_frame(ens.batch, ens.width, k, gen, device=device)
     total = torch.zeros(ens.batch, dtype=torch.float64, device=device)
     for factor in ens.factors(gen, device=device, jacobian_only=True):
-        x, norm = normalised(apply_factor(factor, x), dim=(-2, -1))
-        total = total + norm[:, 0, 0] ** 2
+        y = apply_factor(factor, x)
+        if k == 1:
+            x, norm = normalised(y, dim=(-2, -1))
+            total = total + norm[:, 0, 0] ** 2
+        else:  # the next frame: orthonormal columns spanning the image (a function of the past only)
+            total = total + torch.linalg.matrix_norm(y) ** 2 / k
+            x = torch.linalg.qr(y).Q
     return _np(total / ens.depth)
 
 

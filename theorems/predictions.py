@@ -35,6 +35,7 @@ __all__ = [
     "edge_of_stability_density",
     "relaxation_late_share",
     "gate_sign_covariance",
+    "balanced_singular_value_velocity",
 ]
 
 
@@ -274,6 +275,22 @@ def relaxation_late_share(periods: float) -> float:
     q / (1 + q) with q = e^(-T/2τ) (claim descent-convergence)."""
     q = math.exp(-periods / 2)
     return q / (1 + q)
+
+
+def balanced_singular_value_velocity(s, projected_gradient, depth: int, *, exponent: float | None = None):
+    """Haas Prop. 4.5 (claim balanced-dynamics, statement singular-value-dynamics): under gradient flow from balanced
+    masked factors (``M_{l+1}^T M_{l+1} = M_l M_l^T``, ``M_l = D_l W_l D_{l-1}``), the singular values of
+    ``J = sum_k s_k u_k v_k^T`` move as in a balanced deep linear network,
+    ``ds_k/dt = -L s_k^(2 - 2/L) u_k^T ∇L(J) v_k``.  ``projected_gradient``: ``u_k^T ∇L(J) v_k``; ``exponent``
+    replaces 2 - 2/L (a control's wrong law).  Elementwise on arrays or tensors.
+
+    Derivation: with D_l² = D_l, ``J = A_l M_l B_l`` (A_l = M_L ... M_{l+1}, B_l = M_{l-1} ... M_1) and the flow on
+    W_l moves M_l by ``-A_l^T ∇L B_l^T``, the deep linear flow of the factors M_l; balanced, A_l A_l^T =
+    (J J^T)^((L-l)/L) and B_l^T B_l = (J^T J)^((l-1)/L), so dJ/dt = -sum_l (JJ^T)^((L-l)/L) ∇L (J^TJ)^((l-1)/L)
+    and u_k^T dJ/dt v_k sums L equal terms s_k^(2(L-1)/L) u_k^T ∇L v_k."""
+    L = check_int("depth", depth, minimum=1)
+    power = 2.0 - 2.0 / L if exponent is None else check_real("exponent", exponent)
+    return -L * s ** power * projected_gradient
 
 
 def _mean_latitude(k: int) -> float:

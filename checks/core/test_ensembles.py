@@ -228,3 +228,36 @@ def test_the_ensemble_states_its_model_once_for_the_closed_forms():
     with pytest.raises(ValueError, match="correlated"):
         Ensemble(48, 3, eta=0.1).free_log_rate()
     assert Ensemble(48, 3, eta=0.1).with_(eta=0.0).free_log_rate() == 0.5 * math.log(1.0)
+
+
+def test_balanced_masked_network_is_exactly_balanced_and_has_the_stated_spectrum(rng):
+    """:func:`theorems.training.balanced_masked_network`: M_{l+1}^T M_{l+1} = M_l M_l^T to rounding, closed gates hide
+    nothing (W_l = D_l W_l D_{l-1}), and J's top r singular values are e^(c_k) with c_k within 0.1 of the equally spaced
+    values from 1.2 down to -1.2 (the rest 0)."""
+    from theorems.training import _masked_product, balance_defects, balanced_masked_network
+
+    ws, gates = balanced_masked_network(3, 12, 5, 4, rng)
+    assert max(float(torch.linalg.matrix_norm(c).max()) for c in balance_defects(ws, gates)) < 1e-13
+    for w, d_in, d_out in zip(ws[1:-1], gates[:-1], gates[1:]):
+        assert torch.equal(w, d_out.unsqueeze(-1) * w * d_in.unsqueeze(-2))
+    s = torch.linalg.svdvals(_masked_product(ws, gates))
+    c = torch.log(s[:, :4]) - torch.linspace(1.2, -1.2, 4, dtype=torch.float64)
+    assert float(c.abs().max()) <= 0.1 + 1e-12 and float(s[:, 4:].max()) < 1e-12
+
+
+def test_gradient_flow_velocity_is_the_derivative_of_the_singular_values_along_gd(rng):
+    """:func:`theorems.training.gradient_flow_singular_value_velocity` for unbalanced Gaussian masked factors (it
+    assumes no balancing): one GD step of size h moves s_k by h times it up to O(h²), so the finite difference's
+    relative error is small and halves with h."""
+    from theorems.training import masked_linear_gd_path
+
+    factors = list(Ensemble(10, 3, gates="bernoulli", batch=4, input_gate=False, sigma2=2.0).factors(rng))
+    ws, gates = [f.weight for f in factors], [f.gate for f in factors[1:]]
+    x = torch.randn(4, 10, 20, generator=rng, dtype=torch.float64) / math.sqrt(20)
+    y = torch.randn(4, 10, 20, generator=rng, dtype=torch.float64)
+    errors = []
+    for h in (1e-4, 5e-5):
+        path = masked_linear_gd_path(ws, gates, x, y, h, 1, 3)
+        fd = (path["s"][1] - path["s"][0]) / h
+        errors.append(np.abs(fd - path["exact_velocity"]).max() / np.abs(path["exact_velocity"]).max())
+    assert errors[0] < 1e-3 and 1.8 < errors[0] / errors[1] < 2.2, errors

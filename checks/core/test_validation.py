@@ -108,6 +108,15 @@ def test_training_helpers_reject_bad_input(rng):
         train_masked_linear(ws, gates, x, x, math.nan, 1)
     with pytest.raises(ValueError, match="lengths"):
         alignment_profile(factors, [2, 4], 1)
+    from theorems.experiments import mean_square_gain
+    from theorems.training import balanced_masked_network, masked_linear_gd_path
+
+    with pytest.raises(ValueError, match="rank"):
+        balanced_masked_network(2, 8, 3, 5, rng)  # the gates open half of the 8 units
+    with pytest.raises(ValueError, match="steps"):
+        masked_linear_gd_path(ws, gates, x[..., :8], x[..., :8], 0.1, 0, 2)
+    with pytest.raises(ValueError, match="probes"):
+        mean_square_gain(Ensemble(8, 3, batch=2), rng, probes=9)
 
 
 def test_alignment_model_errors_come_from_the_other_half_and_bound_their_noise():
