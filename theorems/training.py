@@ -24,7 +24,8 @@ from .validation import check_int, check_real
 __all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects",
            "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network",
            "mlp_stable_learning_rate", "train_at_largest_stable_rate", "relative_weight_change", "GateShift", "gates_after_training",
-           "balanced_masked_network", "gradient_flow_singular_value_velocity", "masked_linear_gd_path"]
+           "balanced_masked_network", "gradient_flow_singular_value_velocity", "masked_linear_gd_path",
+           "modewise_velocity_coefficients", "top_mode_velocity_laws"]
 
 
 @dataclass
@@ -204,17 +205,56 @@ def gradient_flow_singular_value_velocity(ws, gates, grad_j, u, v) -> torch.Tens
     A_l = M_L ... M_{l+1}, B_l = M_{l-1} ... M_1 (the flow moves W_l by -A_l^T ∇L B_l^T and J = A_l W_l B_l with the
     gates absorbed: D_l² = D_l).  ``grad_j``: ∇L(J) (B, n, n); ``u``, ``v``: J's top left and right singular vectors
     (B, n, k).  Exact (no balancing assumed): what Prop. 4.5's law is compared with (claim balanced-dynamics)."""
+    after, before = _partial_products(ws, gates)
+    flow = -sum((a @ a.mT) @ grad_j @ (b.mT @ b) for a, b in zip(after, before))
+    return (u * (flow @ v)).sum(dim=-2)
+
+
+def _partial_products(ws, gates) -> tuple[list, list]:
+    """(A_1..A_L, B_1..B_L): A_l = M_L ... M_{l+1} (A_L = I), B_l = M_{l-1} ... M_1 (B_1 = I), M_l the masked factors.
+    Not renormalised: for depths at which the products stay within float64's range."""
     ms = _masked_factors(ws, gates)
     eye = torch.eye(ms[0].shape[-1], dtype=ms[0].dtype, device=ms[0].device).expand_as(ms[0])
-    before = [eye]  # B_1 = I, B_l = M_{l-1} B_{l-1}
+    before = [eye]
     for m in ms[:-1]:
         before.append(m @ before[-1])
-    after = [eye]  # A_L = I, A_l = A_{l+1} M_{l+1}
+    after = [eye]
     for m in reversed(ms[1:]):
         after.append(after[-1] @ m)
     after.reverse()
-    flow = -sum((a @ a.mT) @ grad_j @ (b.mT @ b) for a, b in zip(after, before))
-    return (u * (flow @ v)).sum(dim=-2)
+    return after, before
+
+
+def modewise_velocity_coefficients(ws, gates, k: int) -> torch.Tensor:
+    """``c_k = sum_l s_k(A_l)² s_k(B_l)²`` (B, k), the intermediate Jacobians' singular values (claim balanced-dynamics,
+    statement modewise-dynamics).  If every A_l shared J's left singular vectors and every B_l its right ones, the
+    flow's velocity ``u_k^T (-sum_l A_l A_l^T ∇L B_l^T B_l) v_k`` would be exactly ``-c_k u_k^T ∇L v_k``: mode k
+    moves by its own projected gradient alone (decoupled), as in a balanced deep linear network, where c_k =
+    L s_k^(2-2/L).  Spectral separation makes the intermediate products align (claim alignment), so the decoupled
+    form is approached as the depth grows; without balancing c_k is not L s_k^(2-2/L)."""
+    k = check_int("k", k, minimum=1, maximum=ws[0].shape[-1])
+    after, before = _partial_products(ws, gates)
+    return sum(torch.linalg.svdvals(a)[..., :k] ** 2 * torch.linalg.svdvals(b)[..., :k] ** 2
+               for a, b in zip(after, before))
+
+
+def top_mode_velocity_laws(ws, gates, grad_j) -> dict:
+    """For J's top singular value s_1 (claim balanced-dynamics, statement modewise-dynamics), per network (B,) numpy:
+    ``exact``, the gradient-flow velocity (:func:`gradient_flow_singular_value_velocity`); ``modewise``, the decoupled
+    law ``-c_1 u_1^T ∇L v_1`` (:func:`modewise_velocity_coefficients`); ``cross_mode``, the same coefficient with the
+    neighbouring mode's projection ``u_1^T ∇L v_2`` (modes that stay coupled); ``balanced``, the balanced law
+    ``-L s_1^(2-2/L) u_1^T ∇L v_1``; and ``coefficient``, c_1 (the natural scale of the velocity: with ∇L of unit
+    Gaussian entries the projections are standard normal)."""
+    from .predictions import balanced_singular_value_velocity
+
+    u, s, vh = torch.linalg.svd(_masked_product(ws, gates))
+    u, v = u[..., :2], vh[..., :2, :].mT
+    projected = (u[..., :1] * (grad_j @ v)).sum(dim=-2)  # u_1^T ∇L v_1, u_1^T ∇L v_2
+    exact = gradient_flow_singular_value_velocity(ws, gates, grad_j, u[..., :1], v[..., :1])[:, 0]
+    c = modewise_velocity_coefficients(ws, gates, 1)[:, 0]
+    out = {"exact": exact, "coefficient": c, "modewise": -c * projected[:, 0], "cross_mode": -c * projected[:, 1],
+           "balanced": balanced_singular_value_velocity(s[:, 0], projected[:, 0], len(ws))}
+    return {key: value.cpu().numpy() for key, value in out.items()}
 
 
 def masked_linear_gd_path(ws, gates, x, y, lr: float, steps: int, k: int) -> dict:
