@@ -104,6 +104,14 @@ MUTATIONS = [
              "return float(0.5 * np.sum(special.digamma((n - i + 1) / 2) - special.digamma((k - i + 1) / 2)))",
              "return float(np.sum(special.digamma((n - i + 1) / 2) - special.digamma((k - i + 1) / 2)))",
              ("checks/claims/test_lyapunov.py", "-k", "finite_depth")),
+    Mutation("balanced-law-power", "Prop. 4.5's law with the power 2 - 1/L instead of 2 - 2/L", "theorems/predictions.py",
+             "power = 2.0 - 2.0 / L if exponent is None", "power = 2.0 - 1.0 / L if exponent is None",
+             ("checks/claims/test_training.py", "-k", "deep_linear_law")),
+    Mutation("modewise-coefficient-one-sided", "the decoupled law's coefficient sum_l s_k(A_l)² (the B_l factor dropped)",
+             "theorems/training.py",
+             "    return sum(torch.linalg.svdvals(a)[..., :k] ** 2 * torch.linalg.svdvals(b)[..., :k] ** 2\n",
+             "    return sum(torch.linalg.svdvals(a)[..., :k] ** 2 + 0 * torch.linalg.svdvals(b)[..., :k] ** 2\n",
+             ("checks/claims/test_training.py", "-k", "decouple")),
 ]
 
 
