@@ -559,8 +559,8 @@ class ModewiseSizes(NamedTuple):
     batch: int
 
 
-#: Networks per depth: with 128 the check's log ratio (about -1.3) had a standard error of 0.17 and an estimated power
-#: shortfall of 3e-4 to 8e-4, above its slot; 256 halve the variance.
+#: Networks per depth: with 128 the log of the mean error's ratio (about -1.3) had a standard error of 0.17 and an
+#: estimated power shortfall of 3e-4 to 8e-4, above its slot; 256 halve the variance (and the check now averages logs).
 MODEWISE_SIZES = Sizes(quick=[ModewiseSizes(8, 1.0, (2, 16, 64, 256), 256)],
                        full=[ModewiseSizes(8, 1.0, (2, 16, 64, 256, 512), 512),
                              ModewiseSizes(16, 0.5, (2, 32, 128, 512), 512)])
@@ -586,8 +586,10 @@ def test_unbalanced_singular_values_decouple_as_the_spectrum_separates(case, rng
     (the law is homogeneous in the scale; this keeps deep products within float64's range).  Per network the error
     of the decoupled law ds_1/dt = -c_1 u_1^T ∇L v_1, c_1 = sum_l s_1(A_l)² s_1(B_l)² from the intermediate
     Jacobians (:func:`modewise_velocity_coefficients`), against the exact gradient-flow velocity, in units of c_1
-    (:func:`modewise_errors`; independent networks at each depth).  Statistic: log of its mean at the deepest depth
-    minus at the depth where the top two exponents have separated by about one unit, L (gamma_1 - gamma_2) ≈ 1
+    (:func:`modewise_errors`; independent networks at each depth).  Statistic: the mean of its log (a geometric mean:
+    the errors are heavy-tailed, and the log of the mean error gave 6-10 standard errors where this gives 12-16, its
+    power shortfall reaching 0.0037 over 40 calibration seeds) at the deepest depth minus at the depth where the top
+    two exponents have separated by about one unit, L (gamma_1 - gamma_2) ≈ 1
     (measured: the error first grows with depth, 0.21 at L = 2, where only two factors are not identities, to about
     0.4 there, then falls); prediction: below 0 (the decoupling improves as the spectrum separates), one-sided,
     asserted as significantly below.  Negative control: the same coefficient with the neighbouring mode's projection
@@ -611,10 +613,10 @@ def test_unbalanced_singular_values_decouple_as_the_spectrum_separates(case, rng
                                mean_estimate(errors[L]["balanced"]), 0.0))
 
     def log_ratio(key):
-        a, b = log_mean_estimate(errors[depths[-1]][key]), log_mean_estimate(errors[reference][key])
+        a, b = mean_estimate(np.log(errors[depths[-1]][key])), mean_estimate(np.log(errors[reference][key]))
         return Estimate(a.value - b.value, math.hypot(a.stderr, b.stderr), min(a.dof, b.dof), a.n)
 
-    verdict.check(compare_below(f"log mean error of the decoupled law, L = {depths[-1]} over L = {reference}",
+    verdict.check(compare_below(f"E log error of the decoupled law, L = {depths[-1]} minus L = {reference}",
                                 log_ratio("modewise"), 0.0))
     verdict.reject(compare_below("the same with the neighbouring mode's projection (negative control)",
                                  log_ratio("cross_mode"), 0.0))
