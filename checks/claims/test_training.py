@@ -592,11 +592,13 @@ def test_unbalanced_singular_values_decouple_as_the_spectrum_separates(case, rng
     two exponents have separated by about one unit, L (gamma_1 - gamma_2) ≈ 1
     (measured: the error first grows with depth, 0.21 at L = 2, where only two factors are not identities, to about
     0.4 there, then falls); prediction: below 0 (the decoupling improves as the spectrum separates), one-sided,
-    asserted as significantly below.  Negative control: the same coefficient with the neighbouring mode's projection
-    u_1^T ∇L v_2 (modes that stay coupled) does not improve: its log ratio is not significantly below 0 (error about
-    1 at every depth).  Recorded: the error at each depth with its separation L (gamma_1 - gamma_2), and the balanced
-    law's coefficient L s_1^(2-2/L) in place of c_1, whose error grows with depth: without balancing the decoupled
-    form holds, the balanced coefficient does not."""
+    asserted as significantly below.  Negative control: at the deepest depth the same coefficient with the
+    neighbouring mode's projection u_1^T ∇L v_2 (modes that stay coupled) fits as well as the decoupled law (equal E
+    log error): rejected (its error stays about 1 at every depth, recorded with its own log ratio; asserting that
+    ratio 'not below 0' had a point null, and its estimated miss reached 2.4e-4 over 40 calibration seeds).
+    Recorded: the error at each depth with its separation L (gamma_1 - gamma_2), and the balanced law's coefficient
+    L s_1^(2-2/L) in place of c_1, whose error grows with depth: without balancing the decoupled form holds, the
+    balanced coefficient does not."""
     n, p, depths, batch = case
     gates = "none" if p == 1 else "bernoulli"
     sigma2 = math.exp(-2 * Ensemble(n, 1, sigma2=1.0, gates=gates, keep_prob=p).lyapunov_exponents(1)[0])
@@ -618,8 +620,14 @@ def test_unbalanced_singular_values_decouple_as_the_spectrum_separates(case, rng
 
     verdict.check(compare_below(f"E log error of the decoupled law, L = {depths[-1]} minus L = {reference}",
                                 log_ratio("modewise"), 0.0))
-    verdict.reject(compare_below("the same with the neighbouring mode's projection (negative control)",
-                                 log_ratio("cross_mode"), 0.0))
+    deep = {key: mean_estimate(np.log(errors[depths[-1]][key])) for key in ("modewise", "cross_mode")}
+    verdict.reject(compare(f"E log error at L = {depths[-1]}, the neighbouring mode's projection minus the decoupled "
+                           "law's: as good (negative control)",
+                           Estimate(deep["cross_mode"].value - deep["modewise"].value,
+                                    math.hypot(deep["cross_mode"].stderr, deep["modewise"].stderr), deep["modewise"].dof,
+                                    deep["modewise"].n), 0.0))
+    verdict.record(compare_below("E log error with the neighbouring mode's projection, deepest minus reference depth "
+                                 "(does not improve)", log_ratio("cross_mode"), 0.0))
 
 
 def work(profile) -> float:
