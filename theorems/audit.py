@@ -10,7 +10,7 @@ the code, which says nothing about the checks' power: fix the mutation or the co
 strengthen or a stated limit of the suite.  Writes JSON and a markdown table (default
 ``reports/audit/<time>.json|.md``).  Mutations run as parallel local processes (``--workers``, default the cores
 divided by 2: each run uses two xdist workers).  This is run on demand, not in CI: a full audit takes about
-17 x 1 minute of 2-core CPU.
+19 x 30-60 s of 2-core CPU.
 """
 
 from __future__ import annotations
