@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .ensembles import Factor, sample_weights
+from .predictions import balanced_singular_value_velocity
 from .spectral import jacobian_product, log_spectral_norm
 from .validation import check_int, check_real
 
@@ -245,8 +246,6 @@ def top_mode_velocity_laws(ws, gates, grad_j) -> dict:
     neighbouring mode's projection ``u_1^T ∇L v_2`` (modes that stay coupled); ``balanced``, the balanced law
     ``-L s_1^(2-2/L) u_1^T ∇L v_1``; and ``coefficient``, c_1 (the natural scale of the velocity: with ∇L of unit
     Gaussian entries the projections are standard normal)."""
-    from .predictions import balanced_singular_value_velocity
-
     u, s, vh = torch.linalg.svd(_masked_product(ws, gates))
     u, v = u[..., :2], vh[..., :2, :].mT
     projected = (u[..., :1] * (grad_j @ v)).sum(dim=-2)  # u_1^T ∇L v_1, u_1^T ∇L v_2
