@@ -39,6 +39,7 @@ __all__ = [
     "fit_slope",
     "log_mean_estimate",
     "secant_exponent",
+    "difference_estimate",
     "ratio_of_means_estimate",
     "fit_chi2_per_dof",
     "log_factor_allowance",
@@ -206,6 +207,12 @@ def ratio_of_means_estimate(numerator, denominator) -> Estimate:
         raise ValueError("ratio of means needs a non-zero mean denominator; got E[Y] = 0")
     r = float(x.mean()) / mean_y
     return Estimate(r, float((x - r * y).std(ddof=1) / (math.sqrt(x.size) * abs(mean_y))), x.size - 1, x.size)
+
+
+def difference_estimate(a: Estimate, b: Estimate) -> Estimate:
+    """``a - b`` for estimates from independent samples: standard errors in quadrature, the smaller of the two
+    degrees of freedom (conservative for the t interval)."""
+    return Estimate(a.value - b.value, math.hypot(a.stderr, b.stderr), min(a.dof, b.dof), a.n)
 
 
 def secant_exponent(xs, log_means: Sequence[Estimate]) -> Estimate:

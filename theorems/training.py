@@ -156,11 +156,8 @@ def masked_linear_loss(weights, gates, x, y) -> torch.Tensor:
 
 def balance_defects(ws, gates):
     """``C_l = M_{l+1}^T M_{l+1} - M_l M_l^T`` for l = 1..L-1, with ``M_l = D_l W_l D_{l-1}`` (D_0 = D_L = I)."""
-    L = len(ws)
-    ones = torch.ones_like(ws[0][..., 0])
-    ds = [ones] + list(gates) + [ones]
-    ms = [ds[l + 1].unsqueeze(-1) * ws[l] * ds[l].unsqueeze(-2) for l in range(L)]
-    return [ms[l + 1].mT @ ms[l + 1] - ms[l] @ ms[l].mT for l in range(L - 1)]
+    ms = _masked_factors(ws, gates)
+    return [ms[l + 1].mT @ ms[l + 1] - ms[l] @ ms[l].mT for l in range(len(ms) - 1)]
 
 
 def balanced_masked_network(batch: int, width: int, depth: int, rank: int, gen, *, device=None,
@@ -206,7 +203,10 @@ def gradient_flow_singular_value_velocity(ws, gates, grad_j, u, v) -> torch.Tens
     A_l = M_L ... M_{l+1}, B_l = M_{l-1} ... M_1 (the flow moves W_l by -A_l^T ∇L B_l^T and J = A_l W_l B_l with the
     gates absorbed: D_l² = D_l).  ``grad_j``: ∇L(J) (B, n, n); ``u``, ``v``: J's top left and right singular vectors
     (B, n, k).  Exact (no balancing assumed): what Prop. 4.5's law is compared with (claim balanced-dynamics)."""
-    after, before = _partial_products(ws, gates)
+    return _flow_velocity(*_partial_products(ws, gates), grad_j, u, v)
+
+
+def _flow_velocity(after, before, grad_j, u, v) -> torch.Tensor:
     flow = -sum((a @ a.mT) @ grad_j @ (b.mT @ b) for a, b in zip(after, before))
     return (u * (flow @ v)).sum(dim=-2)
 
@@ -234,7 +234,10 @@ def modewise_velocity_coefficients(ws, gates, k: int) -> torch.Tensor:
     L s_k^(2-2/L).  Spectral separation makes the intermediate products align (claim alignment), so the decoupled
     form is approached as the depth grows; without balancing c_k is not L s_k^(2-2/L)."""
     k = check_int("k", k, minimum=1, maximum=ws[0].shape[-1])
-    after, before = _partial_products(ws, gates)
+    return _modewise_coefficients(*_partial_products(ws, gates), k)
+
+
+def _modewise_coefficients(after, before, k: int) -> torch.Tensor:
     return sum(torch.linalg.svdvals(a)[..., :k] ** 2 * torch.linalg.svdvals(b)[..., :k] ** 2
                for a, b in zip(after, before))
 
@@ -249,8 +252,9 @@ def top_mode_velocity_laws(ws, gates, grad_j) -> dict:
     u, s, vh = torch.linalg.svd(_masked_product(ws, gates))
     u, v = u[..., :2], vh[..., :2, :].mT
     projected = (u[..., :1] * (grad_j @ v)).sum(dim=-2)  # u_1^T ∇L v_1, u_1^T ∇L v_2
-    exact = gradient_flow_singular_value_velocity(ws, gates, grad_j, u[..., :1], v[..., :1])[:, 0]
-    c = modewise_velocity_coefficients(ws, gates, 1)[:, 0]
+    after, before = _partial_products(ws, gates)  # once, for the exact velocity and the coefficient
+    exact = _flow_velocity(after, before, grad_j, u[..., :1], v[..., :1])[:, 0]
+    c = _modewise_coefficients(after, before, 1)[:, 0]
     out = {"exact": exact, "coefficient": c, "modewise": -c * projected[:, 0], "cross_mode": -c * projected[:, 1],
            "balanced": balanced_singular_value_velocity(s[:, 0], projected[:, 0], len(ws))}
     return {key: value.cpu().numpy() for key, value in out.items()}
@@ -267,18 +271,15 @@ def masked_linear_gd_path(ws, gates, x, y, lr: float, steps: int, k: int) -> dic
     current = [w.detach().clone() for w in ws]
     s_path, proj_path, exact = [], [], None
     for t in range(steps + 1):
-        j = _masked_product(current, gates).requires_grad_(True)
-        grad_j, = torch.autograd.grad(_loss_of_jacobian(j, x, y).sum(), j)
+        params = [w.requires_grad_(True) for w in current]
+        j = _masked_product(params, gates)  # one forward pass: ∇L(J) and the weights' gradients from one graph
+        grad_j, *grads = torch.autograd.grad(_loss_of_jacobian(j, x, y).sum(), [j, *params])
         u, s, vh = torch.linalg.svd(j.detach())
         u, v = u[..., :k], vh[..., :k, :].mT
         s_path.append(s[..., :k])
         proj_path.append((u * (grad_j @ v)).sum(dim=-2))
         if t == 0:
-            exact = gradient_flow_singular_value_velocity(current, gates, grad_j, u, v)
-        if t == steps:
-            break
-        params = [w.requires_grad_(True) for w in current]
-        grads = torch.autograd.grad(_masked_linear_losses(params, gates, x, y).sum(), params)
+            exact = gradient_flow_singular_value_velocity([w.detach() for w in params], gates, grad_j, u, v)
         current = [(w - rate * g).detach() for w, g in zip(params, grads)]
     as_np = lambda xs: torch.stack(xs).cpu().numpy()  # noqa: E731
     return {"s": as_np(s_path), "projected": as_np(proj_path), "exact_velocity": exact.cpu().numpy()}

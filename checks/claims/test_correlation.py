@@ -12,7 +12,8 @@ from theorems.experiments import STABILITY_THRESHOLD, bootstrap_crossing, correl
 from theorems.predictions import correlation_from_eta
 from theorems.profiles import Profile, Sizes, WidthSweep, product_flops
 from theorems.seeding import generator
-from theorems.stats import Estimate, compare, fit_chi2_per_dof, fit_slope, log_factor_allowance, mean_estimate, secant_exponent
+from theorems.stats import (Estimate, compare, difference_estimate, fit_chi2_per_dof, fit_slope, log_factor_allowance,
+                            mean_estimate, secant_exponent)
 
 C_GRID = (0.25, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)  # eta * sqrt(n)
 # quick, full: widths, networks per ensemble {gated, ReLU}, depth window L1, L2
@@ -183,12 +184,9 @@ def test_weak_correlation_keeps_iid_rate(gates, sweep, verdict):
     verdict.sizes.update(n=n, B=batch, L1=l1, L2=l2, gates=gates)
     ref = mean_estimate(reference)
 
-    def diff(a):
-        return type(a)(a.value - ref.value, math.hypot(a.stderr, ref.stderr), min(a.dof, ref.dof), a.n)
-
-    verdict.check(compare("slope(corr=1/(16n)) - slope(iid)", diff(mean_estimate(samples[0])), 0.0))
+    verdict.check(compare("slope(corr=1/(16n)) - slope(iid)", difference_estimate(mean_estimate(samples[0]), ref), 0.0))
     verdict.reject(compare("slope(corr=16/n) - slope(iid) (negative control)",
-                           diff(mean_estimate(samples[-1])), 0.0))
+                           difference_estimate(mean_estimate(samples[-1]), ref), 0.0))
 
 
 #: The paper's Fig. 5 (full §5.3): ReLU MLP of width 256, eta in {2^-8, 2^-7} = n^-1/2 x {1/16, 1/8}, depths up to 40.
@@ -213,8 +211,7 @@ def test_paper_fig5_small_eta_matches_iid_log_norm(profile, rng, device, verdict
     iid = log_norms(0.0)
 
     def difference(other, L):
-        a, b = mean_estimate(other[L]), mean_estimate(iid[L])
-        return type(a)(a.value - b.value, math.hypot(a.stderr, b.stderr), min(a.dof, b.dof), a.n)
+        return difference_estimate(mean_estimate(other[L]), mean_estimate(iid[L]))
 
     family = len(FIG5_ETA_SQRT_N) * len(depths)
     for c in FIG5_ETA_SQRT_N:
