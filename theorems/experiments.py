@@ -47,6 +47,7 @@ __all__ = [
     "GATE_TEST_PAIRS",
     "STABILITY_THRESHOLD",
     "log_norms_at",
+    "squared_norms_with_mean_square",
     "image_norm_rate",
     "pruned_slope_model_error",
     "correlated_log_norms_at",
@@ -89,6 +90,20 @@ def log_norms_at(ens: Ensemble, depths: Sequence[int], gen, device="cpu") -> dic
         at = products_at(part.factors(gen, device=device, jacobian_only=True), depths)
         parts.append({d: _np(log_spectral_norm(p)) for d, p in at.items()})
     return {d: np.concatenate([p[d] for p in parts]) for d in parts[0]}
+
+
+def squared_norms_with_mean_square(ens: Ensemble, gen, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Per network ``||J||²`` and ``||J||_F²/n`` at depth L, from the same product (claim free-limit).  The second has
+    the exact mean (σ²p)^L at every width (:func:`theorems.predictions.gated_moments`' m1; ReLU gates: p = 1/2, by the
+    sign symmetry of each layer's pre-activations), so it serves as a control variate for the first
+    (:func:`theorems.stats.control_variate_mean`)."""
+    norms, squares = [], []
+    for part in chunks(ens):
+        prod = products_at(part.factors(gen, device=device, jacobian_only=True), [ens.depth])[ens.depth]
+        log_frobenius = prod.log_scale + torch.log(torch.linalg.matrix_norm(prod.matrix))
+        norms.append(_np(torch.exp(2 * log_spectral_norm(prod))))
+        squares.append(_np(torch.exp(2 * log_frobenius) / ens.width))
+    return np.concatenate(norms), np.concatenate(squares)
 
 
 def _coupled_correlated_factors(ens: Ensemble, etas: Sequence[float], gen, device):

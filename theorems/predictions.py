@@ -238,6 +238,10 @@ def free_log_rate(sigma2: float, keep_prob: float = 0.5) -> float:
 def gated_moments(depth: int, keep_prob: float, sigma2: float) -> tuple[float, float]:
     """First two normalised-trace moments of ``J J^T`` in the gated model (closed form 4).
 
+    ``m1 = E tr(J J^T)/n = E||J||_F²/n`` is exact at every width (each layer multiplies E||v||² by σ² p given the
+    past), and stays exact for the ReLU MLP with p = 1/2 (a pre-activation and the image's coordinate are jointly
+    Gaussian and symmetric, so the gate halves the mean square); ``m2`` is the n -> inf limit.
+
     ``m1 = (sigma2 p)^L`` and ``m2 = m1^2 (L + p) / p`` (from ``S(z) = (sigma2 (p+z))^-L``:
     ``m2/m1^2 = 1 - S'(0)/S(0)... = 1 + L/p``).
     """

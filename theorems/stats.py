@@ -32,10 +32,12 @@ __all__ = [
     "Estimate",
     "Comparison",
     "mean_estimate",
+    "control_variate_mean",
     "median_estimate",
     "per_layer_slopes",
     "paired_slope",
     "extrapolate",
+    "intercept_shift",
     "fit_slope",
     "log_mean_estimate",
     "secant_exponent",
@@ -101,6 +103,31 @@ def mean_estimate(sample) -> Estimate:
     return Estimate(float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)), x.size - 1, x.size)
 
 
+def control_variate_mean(sample, control, control_mean: float) -> Estimate:
+    """E[Y] from paired samples (Y_b, C_b) where E[C] = ``control_mean`` is known exactly: the regression estimator
+    ``mean(Y) - beta (mean(C) - E[C])``, i.e. the least-squares line of Y on C evaluated at E[C], with its t standard
+    error ``s sqrt(1/N + (mean(C) - E[C])^2 / S_CC)`` on N - 2 degrees of freedom (s the residual standard deviation).
+    The variance falls by 1/(1 - r^2), r the correlation of Y and C (claim free-limit: C = ||J||_F²/n, whose mean
+    (σ²p)^L is exact at every width, removes the gates' and the weights' overall scale from ||J||²).  Non-finite
+    values fall back to :func:`mean_estimate`."""
+    y, c = _as_array(sample), _as_array(control)
+    if y.shape != c.shape:
+        raise ValueError(f"sample and control must be paired (equal sizes); got {y.size} and {c.size}")
+    if y.size < 3:
+        raise ValueError(f"a control-variate mean needs at least 3 pairs; got {y.size}")
+    if not (np.isfinite(y).all() and np.isfinite(c).all()):
+        return mean_estimate(y)
+    dc = c - c.mean()
+    scc = float(dc @ dc)
+    if scc == 0:
+        return mean_estimate(y)
+    beta = float(dc @ (y - y.mean())) / scc
+    shift = c.mean() - control_mean
+    resid = y - y.mean() - beta * dc
+    s2 = float(resid @ resid) / (y.size - 2)
+    return Estimate(float(y.mean() - beta * shift), math.sqrt(s2 * (1 / y.size + shift**2 / scc)), y.size - 2, y.size)
+
+
 def median_estimate(sample) -> Estimate:
     """Sample median with a distribution-free (binomial order-statistic) interval.
 
@@ -136,15 +163,31 @@ def paired_slope(values_at_l1, values_at_l2, l1: int, l2: int) -> Estimate:
     return mean_estimate(per_layer_slopes(values_at_l1, values_at_l2, l1, l2))
 
 
-def extrapolation_power_gap(xs, values, stderrs, powers: tuple[float, float] = (0.5, 1.0)) -> float:
-    """``|a(p1) - a(p2)|``: how far the intercept of ``value = a + b x^(-p)`` (:func:`extrapolate`) moves between two
-    candidate leading finite-size powers, when theory does not fix the next-order term: the model error of an
-    extrapolation to x -> inf.  Evaluate it on data independent of the estimate it widens (claims free-limit,
-    stability-theorem)."""
+def _intercept_weights(xs, stderrs, power: float) -> np.ndarray:
+    """The linear weights w with ``a = w . values`` for the weighted least-squares intercept of
+    ``value = a + b x^(-power)`` (the same fit as :func:`extrapolate`)."""
+    x, s = _as_array(xs), _as_array(stderrs)
+    design = np.column_stack([np.ones_like(x), x ** (-power)]) / s[:, None]
+    return np.linalg.pinv(design)[0] / s
+
+
+def intercept_shift(xs, values, stderrs, powers: tuple[float, float] = (0.5, 1.0)) -> Estimate:
+    """``a(p1) - a(p2)``: how far the intercept of ``value = a + b x^(-p)`` (:func:`extrapolate`) moves between two
+    candidate leading finite-size powers, with its standard error (the difference is linear in the values, whose
+    errors are independent).  When theory does not fix the next-order term this is the model error of an
+    extrapolation to x -> inf: evaluate it on data independent of the estimate it widens, and take the upper end of
+    its interval where a point estimate of it would be as noisy as the bias it bounds (claim free-limit)."""
     p1, p2 = powers
     if p1 == p2:
         raise ValueError(f"powers must differ; got {powers}")
-    return abs(extrapolate(xs, values, stderrs, power=p1)[0].value - extrapolate(xs, values, stderrs, power=p2)[0].value)
+    y, s = _as_array(values), _as_array(stderrs)
+    g = _intercept_weights(xs, s, p1) - _intercept_weights(xs, s, p2)
+    return Estimate(float(g @ y), float(np.sqrt(np.sum((g * s) ** 2))), math.inf, y.size)
+
+
+def extrapolation_power_gap(xs, values, stderrs, powers: tuple[float, float] = (0.5, 1.0)) -> float:
+    """``|a(p1) - a(p2)|``, the point estimate of :func:`intercept_shift` (claim stability-theorem)."""
+    return abs(intercept_shift(xs, values, stderrs, powers).value)
 
 
 def extrapolation_first_point_shift(xs, values, stderrs, power: float = 1.0) -> float:

@@ -10,6 +10,7 @@ from scipy import integrate, optimize, special, stats
 
 from theorems import predictions as P
 from theorems.ensembles import Ensemble, Pruning, sample_weights
+from theorems.experiments import squared_norms_with_mean_square
 from theorems.spectral import jacobian_product, lyapunov_qr
 from theorems.stats import compare, mean_estimate
 
@@ -66,13 +67,14 @@ def test_edge_is_the_critical_value_of_chi():
         assert 1 / -res.fun == pytest.approx(P.masked_product_edge(L, p, s2), rel=1e-8)
 
 
-def test_first_moment_is_exact_at_finite_width(rng, verdict):
-    """E tr(J J^T)/n = (sigma2 p)^L holds at every finite n (each layer multiplies E|v|^2 by sigma2 p)."""
+@pytest.mark.parametrize("gates", ["bernoulli", "relu"])
+def test_first_moment_is_exact_at_finite_width(gates, rng, verdict):
+    """E tr(J J^T)/n = E||J||_F²/n = (sigma2 p)^L holds at every finite n (each layer multiplies E|v|^2 by sigma2 p;
+    ReLU gates halve it by the sign symmetry of the pre-activations): the control variate of the free edge."""
     L, n, p, s2 = 4, 32, 0.5, 2.0
-    prod = jacobian_product(Ensemble(n, L, sigma2=s2, keep_prob=p, batch=400).factors(rng))
-    tr = torch.exp(2 * prod.log_scale) / n  # the stored matrix has unit Frobenius norm
-    verdict.check(compare("tr(JJ^T)/n", mean_estimate(tr), P.gated_moments(L, p, s2)[0],
-                          sizes=dict(n=n, L=L, B=400)))
+    _, mean_squares = squared_norms_with_mean_square(Ensemble(n, L, sigma2=s2, keep_prob=p, gates=gates, batch=400), rng)
+    verdict.check(compare("tr(JJ^T)/n", mean_estimate(mean_squares), P.gated_moments(L, p, s2)[0],
+                          sizes=dict(n=n, L=L, B=400, gates=gates)))
 
 
 def test_printed_semicircular_limit_matches_only_without_gates():

@@ -15,11 +15,13 @@ from theorems.stats import (
     binomial_pvalue,
     chi2_independence_pvalue,
     compare,
+    control_variate_mean,
     extrapolate,
     extrapolation_first_point_shift,
     extrapolation_power_gap,
     fit_chi2_per_dof,
     fit_slope,
+    intercept_shift,
     log_factor_allowance,
     mean_estimate,
     median_estimate,
@@ -345,6 +347,48 @@ def test_extrapolation_power_gap_is_zero_only_when_the_powers_agree_on_the_inter
     assert extrapolation_power_gap(n, np.full(n.size, 3.0), ses) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="powers"):
         extrapolation_power_gap(n, y, ses, powers=(1.0, 1.0))
+
+
+def test_intercept_shift_is_the_difference_of_the_two_fits_with_its_propagated_error():
+    """The shift equals a(p1) - a(p2) of :func:`extrapolate`, and its standard error is the linear propagation of
+    the values' errors: the gradient of the shift, by finite differences of the two fits, dotted with the errors."""
+    n = np.array([48.0, 96, 192, 384])
+    y = 4.0 - 3.0 * n ** (-2 / 3) + 5.0 / n
+    ses = np.array([0.05, 0.04, 0.03, 0.02])
+    shift = intercept_shift(n, y, ses, powers=(2 / 3, 1.0))
+
+    def gap(values):
+        return extrapolate(n, values, ses, power=2 / 3)[0].value - extrapolate(n, values, ses, power=1.0)[0].value
+
+    assert shift.value == pytest.approx(gap(y), rel=1e-7)
+    h = 1e-4
+    grad = np.array([(gap(y + h * e) - gap(y - h * e)) / (2 * h) for e in np.eye(n.size)])
+    # curve_fit stops at a relative parameter change of ~1.5e-8; over a step h that is ~1e-4 of the gradient
+    assert shift.stderr == pytest.approx(float(np.sqrt(np.sum((grad * ses) ** 2))), rel=1e-3)
+    assert extrapolation_power_gap(n, y, ses, powers=(2 / 3, 1.0)) == pytest.approx(abs(shift.value))
+    with pytest.raises(ValueError, match="powers"):
+        intercept_shift(n, y, ses, powers=(1.0, 1.0))
+
+
+def test_control_variate_mean_is_the_regression_line_at_the_known_mean():
+    """The estimate and its error are those of the least-squares line of Y on C evaluated at E[C] (computed here
+    from the normal equations' covariance), and the error falls by about sqrt(1 - r^2) against the plain mean."""
+    rng = np.random.default_rng(7)
+    c = rng.normal(1.0, 0.5, 400)
+    y = 3.0 + 2.0 * (c - 1.0) + rng.normal(0.0, 0.5, 400)  # r^2 = 0.8
+    got = control_variate_mean(y, c, 1.0)
+    design = np.column_stack([np.ones_like(c), c])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    resid = y - design @ coef
+    cov = resid @ resid / (y.size - 2) * np.linalg.inv(design.T @ design)
+    at = np.array([1.0, 1.0])
+    assert got.value == pytest.approx(at @ coef, rel=1e-12)
+    assert got.stderr == pytest.approx(math.sqrt(at @ cov @ at), rel=1e-10)
+    assert got.dof == y.size - 2
+    assert got.stderr / mean_estimate(y).stderr == pytest.approx(math.sqrt(1 - 0.8), rel=0.15)
+    with pytest.raises(ValueError, match="paired"):
+        control_variate_mean(y, c[:-1], 1.0)
+    assert control_variate_mean(np.array([1.0, -np.inf, 2.0]), np.ones(3), 1.0).value == -np.inf
 
 
 def test_extrapolation_first_point_shift_vanishes_on_an_exact_law_and_sees_a_next_order_term():
