@@ -5,13 +5,12 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy import integrate, optimize, special, stats
 
 from theorems import predictions as P
 from theorems.ensembles import Ensemble, Pruning, sample_weights
 from theorems.experiments import squared_norms_with_mean_square
-from theorems.spectral import jacobian_product, lyapunov_qr
+from theorems.spectral import lyapunov_qr
 from theorems.stats import compare, mean_estimate
 
 
