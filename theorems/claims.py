@@ -155,7 +155,19 @@ CLAIMS: dict[str, Claim] = {
               }),
         Claim("spectral-separation", "Haas Def. 4.7, Fig. 4", "haas",
               "Ordered log singular values separate linearly in depth.",
-              "log(s_k/s_{k+1}) grows like L (gamma_k - gamma_{k+1})."),
+              "log(s_k/s_{k+1}) grows like L (gamma_k - gamma_{k+1}).",
+              statements={
+                  "low-rank-emergence": Statement(
+                      "Haas Fig. 1 (caption) and abstract ('a mechanistic basis for emergent low-rank Jacobian "
+                      "structure')",
+                      "Training a fixed-gates linear network (depth 10, width 64) on a synthetic rank-10 regression task "
+                      "(Gaussian inputs, targets from a fixed random linear map of rank 10) separates the top 10 "
+                      "Jacobian singular values from the rest.",
+                      "GD with each network at half its own edge of stability (lr = 1/λ_max of its loss Hessian, "
+                      "re-estimated every 100 steps; the rule is fixed before training): log s_r - log s_r+1 grows "
+                      "over training, and grows more than the mean gap inside the top r and the mean gap of the four "
+                      "below; with a full-rank target the gap at r does not grow (control)."),
+              }),
         Claim("alignment", "Haas §5", "haas",
               "Sufficiently strong separation forces singular-vector alignment in matrix products.",
               "Lemma ||sin Θ(U_k(AB), U_k(A))|| <= (s_{k+1}(A)/s_k(A)) cond(B); intermediate Jacobians' top singular "

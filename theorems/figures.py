@@ -23,7 +23,7 @@ from .predictions import (
 )
 from .profiles import Sizes
 from .seeding import derive_seed, generator
-from .training import trained_fixed_gates_network
+from .training import low_rank_regression_path, trained_fixed_gates_network
 
 __all__ = ["write_figures"]
 
@@ -293,15 +293,36 @@ def fig_training(out, sizes, seed, device):
     _save(fig, out / "training.png", bottom=0.05)
 
 
+def fig_low_rank(out, sizes, seed, device):
+    """Haas Fig. 1: the top-15 log singular values of J along training on a rank-10 target, and on a full-rank one."""
+    plt = _plt()
+    g = generator(derive_seed(seed, "fig_low_rank"), device)
+    n, L, r, b, steps = sizes["low_rank"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    path = low_rank_regression_path(n, L, [r] * b + [n] * b, 4 * n, steps, g, device, k=15,
+                                    record_every=max(1, steps // 60))
+    for ax, rank, part in zip(axes, (r, n), (slice(0, b), slice(b, 2 * b))):
+        mean = path.log_s[:, part].mean(axis=1)
+        colors = plt.cm.viridis(np.linspace(1, 0, mean.shape[1]))  # brighter = larger, as in the paper
+        for k in range(mean.shape[1]):
+            ax.plot(path.steps, mean[:, k], color=colors[k], lw=1.6 if k == r - 1 else 0.9)
+        ax.set(xlabel="GD step (lr = 1/λ_max of each network's loss Hessian)",
+               title=f"target of rank {rank}" + (" (full)" if rank == n else ""))
+    axes[0].set_ylabel(f"log s_k, k = 1..15 (mean over {b} networks)")
+    _caption(fig, f"Fixed-gates linear network n={n}, L={L}, p=1/2, σ²=2, {4 * n} Gaussian inputs, targets G H x / n of "
+                  f"rank {r} (left) or full (right); the thick line is s_{r}; seed {seed}.")
+    _save(fig, out / "low_rank_emergence.png", bottom=0.06)
+
+
 SIZES = Sizes(
     quick=dict(n=128, depths=[1, 5, 10, 20, 40, 60, 80, 100], B=8, edge_widths=(32, 64, 128), train=(32, 4, 8, 200),
-               align_train=(70, 16, 150, 256)),
+               align_train=(70, 16, 150, 256), low_rank=(64, 10, 10, 4, 4000)),
     full=dict(n=256, depths=[1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], B=32, edge_widths=(64, 128, 256, 512),
-              train=(256, 8, 8, 2000), align_train=(100, 32, 400, 512)),
+              train=(256, 8, 8, 2000), align_train=(100, 32, 400, 512), low_rank=(64, 10, 10, 32, 6000)),
 )
 
 FIGURES = [fig_norm_vs_depth, fig_random_pruning, fig_magnitude_pruning, fig_correlation, fig_edge_of_stability,
-           fig_lyapunov, fig_alignment, fig_training]
+           fig_lyapunov, fig_alignment, fig_training, fig_low_rank]
 
 
 def write_figures(out, profile: str = "quick", seed: int = 0, device: str = "cpu", progress=print):

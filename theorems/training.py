@@ -26,7 +26,9 @@ __all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_mask
            "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network",
            "mlp_stable_learning_rate", "train_at_largest_stable_rate", "relative_weight_change", "GateShift", "gates_after_training",
            "balanced_masked_network", "gradient_flow_singular_value_velocity", "masked_linear_gd_path",
-           "modewise_velocity_coefficients", "top_mode_velocity_laws"]
+           "modewise_velocity_coefficients", "top_mode_velocity_laws", "loss_sharpness", "masked_linear_sharpness",
+           "SpectrumPath", "train_masked_linear_at_half_edge", "masked_linear_gradients",
+           "low_rank_regression_path"]
 
 
 @dataclass
@@ -335,6 +337,79 @@ def mlp_stable_learning_rate(weights, x, fraction: float = 0.5) -> torch.Tensor:
     return stable_learning_rate(masked, [f.gate for f in factors[1:]], x.mT / math.sqrt(x.shape[1]), fraction)
 
 
+def masked_linear_gradients(ws, gates, x, y) -> tuple[torch.Tensor, list]:
+    """Per-network loss ``(2n)^-1 ||J X - Y||_F^2`` (B,) and its gradients in W_1..W_L, in closed form:
+    ``∇_{W_l} = D_l A_l^T ∇L(J) B_l^T D_{l-1} = A_l^T ∇L(J) B_l^T`` with ∇L(J) = (J X X^T - Y X^T) / n and A_l, B_l
+    the masked products after and before layer l (A_l's columns carry D_l and B_l's rows D_{l-1}, so the masks come
+    for free; A_l^T ∇L(J) by the backward recurrence A_{l-1}^T G = M_l^T A_l^T G).  What autograd computes, for 3L
+    products per network and step, none of them with the N samples (X X^T and Y X^T are formed once).  Not
+    renormalised: for depths at which the products stay within float64's range (claim spectral-separation, statement
+    low-rank-emergence)."""
+    grads = torch.empty((len(ws), *ws[0].shape), dtype=ws[0].dtype, device=ws[0].device)
+    _masked_linear_gradients_into(grads, _masked_factors(ws, gates), *_second_moments(x, y))
+    return masked_linear_loss(ws, gates, x, y), list(grads.unbind(0))
+
+
+def _second_moments(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(X X^T / n, Y X^T / n)``: all the gradient of the loss ``(2n)^-1 ||J X - Y||_F^2`` needs of the data."""
+    return x @ x.mT / x.shape[-2], y @ x.mT / x.shape[-2]
+
+
+def _masked_linear_gradients_into(out, ms, xx, yx) -> None:
+    """The gradients of :func:`masked_linear_gradients`, written into ``out`` (L, B, n, n), from the masked factors
+    M_1..M_L and the data's second moments."""
+    before = [None]  # B_1 = I
+    for m in ms[:-1]:
+        before.append(m if before[-1] is None else m @ before[-1])
+    g = ms[-1] @ before[-1] @ xx - yx  # ∇L(J), J = M_L B_L
+    for l in reversed(range(len(ms))):
+        if before[l] is None:
+            out[l] = g
+        else:
+            torch.matmul(g, before[l].mT, out=out[l])
+        if l:
+            g = ms[l].mT @ g
+
+
+def loss_sharpness(losses, params, gen, *, iters: int = 30) -> torch.Tensor:
+    """Per network (B,), the largest |eigenvalue| of the Hessian of its loss in its own weights: power iteration on
+    Hessian-vector products (double backward), ``iters`` steps from a random direction drawn from ``gen``, the last
+    Rayleigh quotient.  ``losses``: a function of ``params`` (a list of (B, ...) tensors) returning the B per-network
+    losses (independent networks: the Hessian of their sum is block diagonal, so each network's block iterates on
+    its own).  GD at a rate lr is stable near a minimum iff lr < 2/λ (the edge of stability): λ gives a learning-rate
+    rule fixed before any training (claim spectral-separation, statement low-rank-emergence).  The Rayleigh quotient
+    approaches λ from below, so lr = c/λ errs towards the larger rate."""
+    start = [torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype) for p in params]
+    return _power_iteration(losses, params, start, check_int("iters", iters, minimum=1))[0]
+
+
+def _power_iteration(losses, params, start, iters: int) -> tuple[torch.Tensor, list]:
+    """(|Rayleigh quotient|, the last direction) of ``iters`` power steps on each network's loss Hessian from
+    ``start`` (a warm start: the previous direction, when the weights moved little since)."""
+    ps = [p.detach().clone().requires_grad_(True) for p in params]
+    batch = ps[0].shape[0]
+    grads = torch.autograd.grad(losses(ps).sum(), ps, create_graph=True)
+
+    def per_network(vs, ws):
+        return sum((a * b).reshape(batch, -1).sum(-1) for a, b in zip(vs, ws))
+
+    def normalise(vs):
+        norm = per_network(vs, vs).sqrt().clamp_min(torch.finfo(vs[0].dtype).tiny)
+        return [a / norm.reshape(batch, *([1] * (a.dim() - 1))) for a in vs]
+
+    v = normalise(start)
+    for _ in range(iters):
+        hv = torch.autograd.grad(grads, ps, grad_outputs=v, retain_graph=True)
+        quotient = per_network(v, hv)
+        v = normalise([a.detach() for a in hv])
+    return quotient.detach().abs(), v
+
+
+def masked_linear_sharpness(weights, gates, x, y, gen, *, iters: int = 30) -> torch.Tensor:
+    """:func:`loss_sharpness` of the masked linear network's loss ``(2n)^-1 ||J X - Y||_F^2`` (B,)."""
+    return loss_sharpness(lambda ws: _masked_linear_losses(ws, gates, x, y), weights, gen, iters=iters)
+
+
 def train_masked_linear(weights, gates, x, y, lr, steps: int):
     """GD on a masked linear network; returns the final weights (list of (B, n, n)).
 
@@ -350,10 +425,11 @@ def train_masked_linear(weights, gates, x, y, lr, steps: int):
     return [w.detach() for w in ws]
 
 
-def regression_data(kind: str, batch: int, samples: int, n: int, rng, device="cpu"):
+def regression_data(kind: str, batch: int, samples: int, n: int, rng, device="cpu", *, rank: int = 4):
     """Inputs x (B, N, n) and targets z (B, N, n).
 
-    ``synthetic``: Gaussian inputs, targets a fixed random linear map of rank 4 (one map per network).
+    ``synthetic``: Gaussian inputs, targets a fixed random linear map ``G H / n`` of rank ``rank`` (G, H Gaussian
+    n x r and r x n; one map per network; Haas Fig. 1 uses rank 10).
     ``digits``: scikit-learn's shipped 8x8 digits (64 pixels = the width, standardised), targets the one-hot
     class in the first 10 coordinates scaled to unit row norm times sqrt(n/10); a random subset per network.
     """
@@ -363,9 +439,10 @@ def regression_data(kind: str, batch: int, samples: int, n: int, rng, device="cp
     samples = check_int("samples", samples, minimum=1)
     n = check_int("n", n, minimum=1)
     if kind == "synthetic":
+        r = check_int("rank", rank, minimum=1, maximum=n)
         x = torch.randn(batch, samples, n, generator=rng, device=device, dtype=torch.float64)
-        a = torch.randn(batch, n, 4, generator=rng, device=device, dtype=torch.float64) @ \
-            torch.randn(batch, 4, n, generator=rng, device=device, dtype=torch.float64) / n
+        a = torch.randn(batch, n, r, generator=rng, device=device, dtype=torch.float64) @ \
+            torch.randn(batch, r, n, generator=rng, device=device, dtype=torch.float64) / n
         return x, x @ a.mT
     from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 
@@ -379,6 +456,81 @@ def regression_data(kind: str, batch: int, samples: int, n: int, rng, device="cp
     idx = torch.stack([torch.randperm(len(data), generator=torch.Generator().manual_seed(int(torch.randint(
         2**31, (1,), generator=rng, device=device).item())))[:samples] for _ in range(batch)])
     return data[idx].to(device), onehot[idx].to(device)
+
+
+@dataclass
+class SpectrumPath:
+    """Top singular values of J along training (:func:`train_masked_linear_at_half_edge`)."""
+
+    steps: np.ndarray  # recorded steps
+    log_s: np.ndarray  # (len(steps), B, k) log singular values of J, descending
+    rates: np.ndarray  # (len(steps), B) the learning rate in force at each recorded step
+    weights: list  # final weights
+
+
+def train_masked_linear_at_half_edge(weights, gates, x, y, steps: int, gen, *, every: int = 100, k: int = 15,
+                                     record_every: int = 100, iters: int = 20, refresh_iters: int = 3) -> SpectrumPath:
+    """GD on the masked linear network (loss ``(2n)^-1 ||J X - Y||_F^2``), each network at half its own edge of
+    stability: lr = 1/λ, λ the top |eigenvalue| of its loss Hessian (:func:`loss_sharpness`), re-estimated every
+    ``every`` steps (the rule is fixed before training; λ falls several-fold as a large initial J shrinks, so a rate
+    fixed at init would leave the later, slow phase of training at a fraction of its stable speed).  The first
+    estimate takes ``iters`` power steps from a random direction, each later one ``refresh_iters`` from the last
+    direction.  Records the top-k log singular values of J every ``record_every`` steps, with the rate in force
+    (claim spectral-separation, statement low-rank-emergence)."""
+    steps = check_int("steps", steps, minimum=1)
+    every = check_int("every", every, minimum=1)
+    record_every = check_int("record_every", record_every, minimum=1)
+    k = check_int("k", k, minimum=1, maximum=weights[0].shape[-1])
+    iters = check_int("iters", iters, minimum=1)
+    refresh_iters = check_int("refresh_iters", refresh_iters, minimum=1)
+    stack = torch.stack([w.detach() for w in weights])  # (L, B, n, n): one update per step for every layer
+    ws = list(stack.unbind(0))  # views
+    masks = torch.stack(_masked_factors([torch.ones_like(w) for w in ws], gates))  # M_l = W_l ⊙ (d_l d_{l-1}^T)
+    grads = torch.empty_like(stack)
+    direction = [torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype) for w in ws]
+
+    def losses(params):
+        return _masked_linear_losses(params, gates, x, y)
+
+    moments = _second_moments(x, y)
+
+    rec_steps, log_s, rates = [], [], []
+    for t in range(steps + 1):
+        if t % every == 0:
+            sharpness, direction = _power_iteration(losses, ws, direction, iters if t == 0 else refresh_iters)
+            rate = 1.0 / sharpness
+        if t % record_every == 0 or t == steps:
+            with torch.no_grad():
+                rec_steps.append(t)
+                log_s.append(torch.log(torch.linalg.svdvals(_masked_product(ws, gates))[..., :k]).cpu().numpy())
+                rates.append(rate.cpu().numpy())
+        if t == steps:
+            break
+        _masked_linear_gradients_into(grads, list((stack * masks).unbind(0)), *moments)
+        stack.addcmul_(rate.reshape(-1, 1, 1), grads, value=-1.0)
+    return SpectrumPath(np.array(rec_steps), np.array(log_s), np.array(rates), [w.clone() for w in ws])
+
+
+def low_rank_regression_path(width: int, depth: int, ranks, samples: int, steps: int, gen, device="cpu", *,
+                             k: int = 15, record_every: int = 100) -> SpectrumPath:
+    """Haas Fig. 1's setting: fixed-gates linear networks (p = 1/2, σ² = 2, no input gate) trained by full-batch GD
+    at half each network's edge of stability (:func:`train_masked_linear_at_half_edge`) on Gaussian inputs with
+    targets from a fixed random linear map, of rank ``ranks[b]`` for network b (:func:`regression_data`; one batch
+    for every rank: a check and its control share the per-step overhead), recording the top ``k`` log singular
+    values of J (claim spectral-separation, statement low-rank-emergence)."""
+    from .ensembles import Ensemble
+
+    ranks = [check_int("ranks", r, minimum=1, maximum=width) for r in ranks]
+    groups = [r for i, r in enumerate(ranks) if i == 0 or ranks[i - 1] != r]
+    if not ranks or len(groups) != len(set(groups)):
+        raise ValueError(f"ranks must be one or more groups of equal ranks (each rank's networks together); got {ranks}")
+    data = [regression_data("synthetic", ranks.count(r), samples, width, gen, device, rank=r) for r in groups]
+    x = torch.cat([d[0] for d in data]).mT / math.sqrt(samples)
+    z = torch.cat([d[1] for d in data]).mT / math.sqrt(samples)
+    factors = list(Ensemble(width, depth, sigma2=2.0, gates="bernoulli", batch=len(ranks), input_gate=False)
+                   .factors(gen, device=device))
+    ws, gates = [f.weight for f in factors], [f.gate for f in factors[1:]]
+    return train_masked_linear_at_half_edge(ws, gates, x, z, steps, gen, k=k, record_every=record_every)
 
 
 def trained_fixed_gates_network(depth: int, batch: int, steps: int, samples: int, rng, device="cpu",

@@ -261,3 +261,69 @@ def test_gradient_flow_velocity_is_the_derivative_of_the_singular_values_along_g
         fd = (path["s"][1] - path["s"][0]) / h
         errors.append(np.abs(fd - path["exact_velocity"]).max() / np.abs(path["exact_velocity"]).max())
     assert errors[0] < 1e-3 and 1.8 < errors[0] / errors[1] < 2.2, errors
+
+
+def test_loss_sharpness_is_the_top_hessian_eigenvalue_of_each_network(rng):
+    """:func:`theorems.training.loss_sharpness` on per-network quadratics ½ pᵀ H_b p with known spectra (the largest
+    |eigenvalue|, negative ones included), and on the depth-1 masked linear loss (2n)^-1 ||W X - Y||², whose Hessian
+    is (X Xᵀ / n) ⊗ I: its top eigenvalue ||X Xᵀ|| / n (computed by eigvalsh)."""
+    from theorems.training import loss_sharpness, masked_linear_sharpness
+
+    spectra = torch.tensor([[3.0, 1.0, 0.5, 0.1], [-5.0, 2.0, 1.0, 0.0]], dtype=torch.float64)
+    frames = torch.linalg.qr(torch.randn(2, 4, 4, generator=rng, dtype=torch.float64)).Q
+    hessians = frames @ torch.diag_embed(spectra) @ frames.mT
+
+    def quadratic(ps):
+        p = ps[0]
+        return 0.5 * torch.einsum("bi,bij,bj->b", p, hessians, p)
+
+    got = loss_sharpness(quadratic, [torch.randn(2, 4, generator=rng, dtype=torch.float64)], rng, iters=60)
+    assert torch.allclose(got, torch.tensor([3.0, 5.0], dtype=torch.float64), rtol=1e-8)
+    w = torch.randn(3, 6, 6, generator=rng, dtype=torch.float64)
+    x = torch.randn(3, 6, 9, generator=rng, dtype=torch.float64)
+    x[:, 0] *= 4  # a dominant input direction: power iteration converges in a few dozen steps
+    y = torch.randn(3, 6, 9, generator=rng, dtype=torch.float64)
+    exact = torch.linalg.eigvalsh(x @ x.mT)[:, -1] / 6
+    assert torch.allclose(masked_linear_sharpness([w], [], x, y, rng, iters=60), exact, rtol=1e-8)
+    with pytest.raises(ValueError, match="iters"):
+        loss_sharpness(quadratic, [torch.zeros(2, 4, dtype=torch.float64)], rng, iters=0)
+
+
+def test_training_at_half_the_edge_of_stability_uses_each_networks_own_rate(rng):
+    """:func:`theorems.training.train_masked_linear_at_half_edge`: the rate in force at step 0 is 1/λ of each
+    network's loss Hessian at init, the loss falls for every network, and the recorded spectrum starts at J's."""
+    from theorems.training import (_masked_product, masked_linear_loss, masked_linear_sharpness,
+                                   train_masked_linear_at_half_edge)
+
+    factors = list(Ensemble(12, 4, gates="bernoulli", batch=3, input_gate=False, sigma2=2.0).factors(rng))
+    ws, gates = [f.weight for f in factors], [f.gate for f in factors[1:]]
+    x = torch.randn(3, 12, 24, generator=rng, dtype=torch.float64) / math.sqrt(24)
+    y = torch.randn(3, 12, 3, generator=rng, dtype=torch.float64) @ torch.randn(3, 3, 24, generator=rng,
+                                                                            dtype=torch.float64) / math.sqrt(24)
+    lam = masked_linear_sharpness(ws, gates, x, y, torch.Generator().manual_seed(5), iters=20)
+    path = train_masked_linear_at_half_edge(ws, gates, x, y, 40, torch.Generator().manual_seed(5), every=20,
+                                            record_every=20, k=5)
+    assert np.allclose(path.rates[0], (1 / lam).numpy(), rtol=1e-12)
+    assert list(path.steps) == [0, 20, 40] and path.log_s.shape == (3, 3, 5)
+    s0 = torch.log(torch.linalg.svdvals(_masked_product(ws, gates))[:, :5])
+    assert np.allclose(path.log_s[0], s0.numpy(), rtol=1e-12)
+    assert bool((masked_linear_loss(path.weights, gates, x, y) < masked_linear_loss(ws, gates, x, y)).all())
+
+
+def test_closed_form_gradients_of_the_masked_linear_loss_are_autograds(rng):
+    """:func:`theorems.training.masked_linear_gradients` against autograd on the same loss: the per-network losses
+    and every layer's gradient agree to rounding (closed gates included)."""
+    from theorems.training import masked_linear_gradients, masked_linear_loss
+
+    factors = list(Ensemble(9, 5, gates="bernoulli", batch=3, input_gate=False, sigma2=2.0).factors(rng))
+    ws, gates = [f.weight for f in factors], [f.gate for f in factors[1:]]
+    x = torch.randn(3, 9, 14, generator=rng, dtype=torch.float64)
+    y = torch.randn(3, 9, 14, generator=rng, dtype=torch.float64)
+    losses, grads = masked_linear_gradients(ws, gates, x, y)
+    params = [w.clone().requires_grad_(True) for w in ws]
+    from theorems.training import _masked_linear_losses
+
+    expected = torch.autograd.grad(_masked_linear_losses(params, gates, x, y).sum(), params)
+    assert torch.allclose(losses, masked_linear_loss(ws, gates, x, y), rtol=1e-13)
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, rtol=1e-11, atol=1e-13 * float(want.abs().max()))
