@@ -123,11 +123,18 @@ def fingerprint(doc: dict) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
-def run_seed(seed: int, pytest_args: list[str], cwd: str) -> dict:
-    """One run of the suite at master seed ``seed`` (a subprocess); what the calibration keeps of it."""
+def run_seed(seed: int, pytest_args: list[str], cwd: str, threads: int | None = None) -> dict:
+    """One run of the suite at master seed ``seed`` (a subprocess); what the calibration keeps of it.  ``threads``:
+    the intra-op threads each of its processes may use (``OMP_NUM_THREADS``, unless the caller set it), so that
+    seeds running side by side do not oversubscribe the cores (two runs of 2 threads each on 2 cores took 3x as long
+    per run as one)."""
+    env = dict(os.environ)
+    if threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
     with tempfile.TemporaryDirectory(prefix=f"calibrate-{seed}-") as tmp:
         t0 = time.time()
-        res = subprocess.run(_pytest_command(seed, tmp, pytest_args), cwd=cwd, capture_output=True, text=True)
+        res = subprocess.run(_pytest_command(seed, tmp, pytest_args), cwd=cwd, capture_output=True, text=True,
+                             env=env)
         duration = time.time() - t0
         latest = Path(tmp) / "latest" / "verdicts.json"
         if not latest.exists():
@@ -312,10 +319,12 @@ def _progress(r: dict, done: int, total: int):
 
 
 def run_local(seeds, pytest_args, cwd, workers):
-    """Each seed a subprocess, ``workers`` at a time (a thread pool only waits on them)."""
+    """Each seed a subprocess, ``workers`` at a time (a thread pool only waits on them), each of its processes with
+    an equal share of the cores' threads."""
     runs = []
     pool = ThreadPoolExecutor(max_workers=workers)
-    futures = [pool.submit(run_seed, s, pytest_args, cwd) for s in seeds]
+    threads = (os.cpu_count() or 1) // (workers * xdist_workers(pytest_args))
+    futures = [pool.submit(run_seed, s, pytest_args, cwd, threads) for s in seeds]
     try:
         for fut in as_completed(futures):
             runs.append(fut.result())

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from theorems.budget import PER_ASSERTION_RATE
+from theorems import calibrate
 from theorems.calibrate import summarize, xdist_workers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,27 @@ def test_xdist_workers_of_a_run():
     assert xdist_workers([]) == 1
     assert xdist_workers(["-n", "3", "-k", "x"]) == 3
     assert xdist_workers(["-n4"]) == 4 and xdist_workers(["--numprocesses=2"]) == 2
+
+
+def test_seeds_side_by_side_share_the_cores_threads(monkeypatch, tmp_path):
+    """The local path gives each run's processes cores / (seeds at once x xdist workers) intra-op threads
+    (OMP_NUM_THREADS, unless the caller set it): two single-process runs of 2 threads each on 2 cores ran 3x slower
+    per run than one."""
+    seen = []
+
+    def fake_run(cmd, cwd, capture_output, text, env):
+        seen.append(env.get("OMP_NUM_THREADS"))
+        return subprocess.CompletedProcess(cmd, 5, "", "")
+
+    monkeypatch.setattr(calibrate.subprocess, "run", fake_run)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(calibrate.os, "cpu_count", lambda: 8)
+    calibrate.run_local([1, 2], ["-n", "2"], str(tmp_path), workers=2)
+    assert seen == ["2", "2"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    seen.clear()
+    calibrate.run_local([1], [], str(tmp_path), workers=4)
+    assert seen == ["3"]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="subprocess pytest")
