@@ -411,18 +411,27 @@ def masked_linear_sharpness(weights, gates, x, y, gen, *, iters: int = 30) -> to
 
 
 def train_masked_linear(weights, gates, x, y, lr, steps: int):
-    """GD on a masked linear network; returns the final weights (list of (B, n, n)).
+    """GD on a masked linear network (loss ``(2n)^-1 ||J X - Y||_F^2``, closed-form gradients:
+    :func:`masked_linear_gradients`); returns the final weights (list of (B, n, n)).
 
     ``lr``: one learning rate, or one per network (e.g. from :func:`stable_learning_rate`)."""
     steps = check_int("steps", steps, minimum=0)
     rates = _learning_rates(lr, weights[0].shape[0], weights[0])
-    ws = [w.detach().clone().requires_grad_(True) for w in weights]
+    stack, masks, moments = _gd_state(weights, gates, x, y)
+    grads = torch.empty_like(stack)
     for _ in range(steps):
-        grads = torch.autograd.grad(_masked_linear_losses(ws, gates, x, y).sum(), ws)
-        with torch.no_grad():
-            for w, g in zip(ws, grads):
-                w -= rates * g
-    return [w.detach() for w in ws]
+        _masked_linear_gradients_into(grads, list((stack * masks).unbind(0)), *moments)
+        stack.addcmul_(rates, grads, value=-1.0)
+    return [w.clone() for w in stack.unbind(0)]
+
+
+def _gd_state(weights, gates, x, y):
+    """What GD on the masked linear network updates and reads: the weights stacked (L, B, n, n) (one update per step
+    for every layer), the masks of M_l = W_l ⊙ (d_l d_{l-1}^T), and the data's second moments (the gradient needs
+    nothing else of the N samples: :func:`masked_linear_gradients`)."""
+    stack = torch.stack([w.detach() for w in weights])
+    masks = torch.stack(_masked_factors([torch.ones_like(w) for w in weights], gates))
+    return stack, masks, _second_moments(x, y)
 
 
 def regression_data(kind: str, batch: int, samples: int, n: int, rng, device="cpu", *, rank: int = 4):
@@ -483,16 +492,13 @@ def train_masked_linear_at_half_edge(weights, gates, x, y, steps: int, gen, *, e
     k = check_int("k", k, minimum=1, maximum=weights[0].shape[-1])
     iters = check_int("iters", iters, minimum=1)
     refresh_iters = check_int("refresh_iters", refresh_iters, minimum=1)
-    stack = torch.stack([w.detach() for w in weights])  # (L, B, n, n): one update per step for every layer
+    stack, masks, moments = _gd_state(weights, gates, x, y)
     ws = list(stack.unbind(0))  # views
-    masks = torch.stack(_masked_factors([torch.ones_like(w) for w in ws], gates))  # M_l = W_l ⊙ (d_l d_{l-1}^T)
     grads = torch.empty_like(stack)
     direction = [torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype) for w in ws]
 
     def losses(params):
         return _masked_linear_losses(params, gates, x, y)
-
-    moments = _second_moments(x, y)
 
     rec_steps, log_s, rates = [], [], []
     for t in range(steps + 1):
