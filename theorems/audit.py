@@ -10,7 +10,7 @@ the code, which says nothing about the checks' power: fix the mutation or the co
 strengthen or a stated limit of the suite.  Writes JSON and a markdown table (default
 ``reports/audit/<time>.json|.md``).  Mutations run as parallel local processes (``--workers``, default the cores
 divided by 2: each run uses two xdist workers).  This is run on demand, not in CI: a full audit takes about
-19 x 30-60 s of 2-core CPU.
+22 x 30-60 s of 2-core CPU.
 """
 
 from __future__ import annotations
@@ -112,6 +112,18 @@ MUTATIONS = [
              "    return sum(torch.linalg.svdvals(a)[..., :k] ** 2 * torch.linalg.svdvals(b)[..., :k] ** 2\n",
              "    return sum(torch.linalg.svdvals(a)[..., :k] ** 2 + 0 * torch.linalg.svdvals(b)[..., :k] ** 2\n",
              ("checks/claims/test_training.py", "-k", "decouple")),
+    Mutation("frobenius-control-mean-2pct", "the control variate's exact mean E||J||_F²/n = (σ²p)^L 2% too large",
+             "theorems/predictions.py", "    m1 = (s2 * p) ** L", "    m1 = 1.02 * (s2 * p) ** L",
+             ("checks/core/test_predictions.py", INIT, "-k", "free_edge or first_moment")),
+    Mutation("closed-form-gradient-untransposed", "the masked linear gradient A_l^T G B_l instead of A_l^T G B_l^T",
+             "theorems/training.py", "torch.matmul(g, before[l].mT, out=out[l])", "torch.matmul(g, before[l], out=out[l])",
+             ("checks/claims/test_lyapunov.py", "-k", "rank_r_target or after_training")),
+    Mutation("target-rank-off-by-one", "the synthetic targets of rank r + 1 instead of r", "theorems/training.py",
+             "        a = torch.randn(batch, n, r, generator=rng, device=device, dtype=torch.float64) @ \\\n"
+             "            torch.randn(batch, r, n,",
+             "        a = torch.randn(batch, n, r + 1, generator=rng, device=device, dtype=torch.float64) @ \\\n"
+             "            torch.randn(batch, r + 1, n,",
+             ("checks/claims/test_lyapunov.py", "-k", "rank_r_target")),
 ]
 
 
