@@ -417,21 +417,28 @@ def train_masked_linear(weights, gates, x, y, lr, steps: int):
     ``lr``: one learning rate, or one per network (e.g. from :func:`stable_learning_rate`)."""
     steps = check_int("steps", steps, minimum=0)
     rates = _learning_rates(lr, weights[0].shape[0], weights[0])
-    stack, masks, moments = _gd_state(weights, gates, x, y)
-    grads = torch.empty_like(stack)
+    gd = _MaskedLinearGD(weights, gates, x, y)
     for _ in range(steps):
-        _masked_linear_gradients_into(grads, list((stack * masks).unbind(0)), *moments)
-        stack.addcmul_(rates, grads, value=-1.0)
-    return [w.clone() for w in stack.unbind(0)]
+        gd.step(rates)
+    return [w.clone() for w in gd.weights]
 
 
-def _gd_state(weights, gates, x, y):
-    """What GD on the masked linear network updates and reads: the weights stacked (L, B, n, n) (one update per step
-    for every layer), the masks of M_l = W_l ⊙ (d_l d_{l-1}^T), and the data's second moments (the gradient needs
-    nothing else of the N samples: :func:`masked_linear_gradients`)."""
-    stack = torch.stack([w.detach() for w in weights])
-    masks = torch.stack(_masked_factors([torch.ones_like(w) for w in weights], gates))
-    return stack, masks, _second_moments(x, y)
+class _MaskedLinearGD:
+    """GD on the masked linear network with closed-form gradients (:func:`masked_linear_gradients`): the weights
+    stacked (L, B, n, n) (one update per step for every layer; ``weights`` are views of it), the masks of
+    M_l = W_l ⊙ (d_l d_{l-1}^T), and the data's second moments (the gradient needs nothing else of the N samples)."""
+
+    def __init__(self, weights, gates, x, y):
+        self.stack = torch.stack([w.detach() for w in weights])
+        self.weights = list(self.stack.unbind(0))
+        self.masks = torch.stack(_masked_factors([torch.ones_like(w) for w in weights], gates))
+        self.moments = _second_moments(x, y)
+        self.grads = torch.empty_like(self.stack)
+
+    def step(self, rates: torch.Tensor) -> None:
+        """One GD step, ``rates`` (B, 1, 1)."""
+        _masked_linear_gradients_into(self.grads, list((self.stack * self.masks).unbind(0)), *self.moments)
+        self.stack.addcmul_(rates, self.grads, value=-1.0)
 
 
 def regression_data(kind: str, batch: int, samples: int, n: int, rng, device="cpu", *, rank: int = 4):
@@ -492,9 +499,8 @@ def train_masked_linear_at_half_edge(weights, gates, x, y, steps: int, gen, *, e
     k = check_int("k", k, minimum=1, maximum=weights[0].shape[-1])
     iters = check_int("iters", iters, minimum=1)
     refresh_iters = check_int("refresh_iters", refresh_iters, minimum=1)
-    stack, masks, moments = _gd_state(weights, gates, x, y)
-    ws = list(stack.unbind(0))  # views
-    grads = torch.empty_like(stack)
+    gd = _MaskedLinearGD(weights, gates, x, y)
+    ws = gd.weights
     direction = [torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype) for w in ws]
 
     def losses(params):
@@ -512,8 +518,7 @@ def train_masked_linear_at_half_edge(weights, gates, x, y, steps: int, gen, *, e
                 rates.append(rate.cpu().numpy())
         if t == steps:
             break
-        _masked_linear_gradients_into(grads, list((stack * masks).unbind(0)), *moments)
-        stack.addcmul_(rate.reshape(-1, 1, 1), grads, value=-1.0)
+        gd.step(rate.reshape(-1, 1, 1))
     return SpectrumPath(np.array(rec_steps), np.array(log_s), np.array(rates), [w.clone() for w in ws])
 
 
