@@ -61,7 +61,20 @@ CLAIMS: dict[str, Claim] = {
               "||J_1|| ≈ Θ_L(L (σ_w²/2)^L); in particular σ_w² = 2 guarantees stability.",
               "Per-layer slope of E log||J|| in L equals gamma_1(n, 1/2, σ²) (-> ½ log(σ²/2) as n -> inf); at σ² = 2 "
               "the depth prefactor: E||J||² grows like L (||J|| like √L). As printed, the rate (σ²/2)^L is tested against "
-              "½ log(σ²/2) per layer and Θ(L) for ||J|| against the measured exponent of E||J||²."),
+              "½ log(σ²/2) per layer and Θ(L) for ||J|| against the measured exponent of E||J||².",
+              statements={
+                  "trainability": Statement(
+                      "full App. G.5, Fig. 15 (left)",
+                      "The critical initialization σ_w² = 2 guarantees trainability up to depth 100 (MLP of width 256 "
+                      "on MNIST, SGD with learning rate 0.001, 70 epochs), where σ_w² = 1 and σ_w² = 4 are not "
+                      "trainable at depth.",
+                      "On the shipped 8x8 digits (MNIST cannot be downloaded here): ReLU MLPs of width 64 at σ² = 1, 2 "
+                      "and 4 sharing their weights' directions (W = sqrt(σ²/2) W_2) and their 32 training digits, "
+                      "full-batch GD for 600 steps with one learning rate per triple, 1/λ_max of the critical "
+                      "network's loss Hessian re-estimated every 100 steps (the paper's one rate for all σ²): at "
+                      "depth 16 the critical network's training accuracy is significantly above both others'; at "
+                      "depth 2 all three train (control)."),
+              }),
         Claim("free-limit", "full App. A (proof of Thm 7)", "full",
               "Thm 7 is proved by comparing ||J_k^pruned|| and ||J_k|| with the norm of their common free-probability "
               "limit (Brailovskaya & van Handel, Thm 2.16, under 2E[HH*] = Id); the theorem itself states only "

@@ -28,7 +28,7 @@ __all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_mask
            "balanced_masked_network", "gradient_flow_singular_value_velocity", "masked_linear_gd_path",
            "modewise_velocity_coefficients", "top_mode_velocity_laws", "loss_sharpness", "masked_linear_sharpness",
            "SpectrumPath", "train_masked_linear_at_half_edge", "masked_linear_gradients",
-           "low_rank_regression_path"]
+           "low_rank_regression_path", "Trainability", "trainability_at_one_rate"]
 
 
 @dataclass
@@ -565,6 +565,57 @@ def trained_fixed_gates_network(depth: int, batch: int, steps: int, samples: int
         return [Factor(w[0], None)] + [Factor(a, d) for a, d in zip(w[1:], gates)]
 
     return as_factors(ws), as_factors(trained), loss_ratio
+
+
+@dataclass
+class Trainability:
+    """Training accuracies after a fixed budget (:func:`trainability_at_one_rate`)."""
+
+    accuracy: dict  # σ² -> (B,) training accuracy on each network's own digits; 1/10 (chance) where it diverged
+    diverged: dict  # σ² -> (B,) bool
+    rates: np.ndarray  # (budget / every, B) the rate of each triple over training
+
+
+def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, steps: int, gen, device="cpu", *,
+                             reference: float = 2.0, every: int = 100, iters: int = 10) -> Trainability:
+    """Full App. G.5 (Fig. 15 left) on the shipped digits: ReLU MLPs (full eq. (1), width 64, one-hot targets:
+    :func:`regression_data`) at each σ² of ``sigma2s``, the networks of one index sharing their weights' directions
+    (W = sqrt(σ²/σ²_ref) W_ref: common random numbers) and their ``samples`` training digits, trained by full-batch GD
+    (:func:`train_mlp`) with one learning rate per such tuple: 1/λ_max of the ``reference`` network's loss Hessian
+    (half its edge of stability; :func:`loss_sharpness`), re-estimated every ``every`` steps (the paper trains every
+    σ² at one rate).  Returns each network's training accuracy (argmax of the 10 class outputs) after ``steps``
+    steps; a network whose loss or gradient overflowed has not trained: chance, 1/10 (claim critical-init, statement
+    trainability)."""
+    sigma2s = [check_real("sigma2s", s, low=0.0, low_open=True) for s in sigma2s]
+    reference = check_real("reference", reference, low=0.0, low_open=True)
+    if reference not in sigma2s:
+        raise ValueError(f"reference must be one of sigma2s {sigma2s}; got {reference}")
+    steps, every = check_int("steps", steps, minimum=1), check_int("every", every, minimum=1)
+    if steps % every:
+        raise ValueError(f"steps must be a multiple of every ({every}); got {steps}")
+    n, b, k = 64, check_int("batch", batch, minimum=1), len(sigma2s)
+    x, z = regression_data("digits", b, samples, n, gen, device)
+    ref = sigma2s.index(reference)
+    base = [sample_weights(b, n, reference, gen, device=device) for _ in range(depth)]
+    ws = [torch.cat([w * math.sqrt(s / reference) for s in sigma2s]) for w in base]
+    xs, zs = x.repeat(k, 1, 1), z.repeat(k, 1, 1)
+
+    def reference_losses(params):
+        y = mlp_forward(params, x)[-1]
+        return ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * n * samples)
+
+    diverged, rates = np.zeros(k * b, dtype=bool), []
+    for _ in range(steps // every):
+        lam = loss_sharpness(reference_losses, [w[ref * b:(ref + 1) * b] for w in ws], gen, iters=iters)
+        rate = (1.0 / lam).cpu().numpy()  # a reference network that diverged keeps a vanishing rate, never 0 or NaN
+        rates.append(np.where(np.isfinite(rate) & (rate > 0), rate, np.finfo(np.float64).tiny))
+        run = train_mlp(ws, xs, zs, np.tile(rates[-1], k), every, record_every=every)
+        ws, diverged = run.weights, diverged | run.diverged
+    with torch.no_grad():
+        right = mlp_forward(ws, xs)[-1][..., :10].argmax(-1) == zs[..., :10].argmax(-1)
+    accuracy = np.where(diverged, 0.1, right.to(torch.float64).mean(-1).cpu().numpy())
+    split = lambda a: {s: a[i * b:(i + 1) * b] for i, s in enumerate(sigma2s)}  # noqa: E731
+    return Trainability(split(accuracy), split(diverged), np.array(rates))
 
 
 @dataclass

@@ -327,3 +327,20 @@ def test_closed_form_gradients_of_the_masked_linear_loss_are_autograds(rng):
     assert torch.allclose(losses, masked_linear_loss(ws, gates, x, y), rtol=1e-13)
     for got, want in zip(grads, expected):
         assert torch.allclose(got, want, rtol=1e-11, atol=1e-13 * float(want.abs().max()))
+
+
+def test_trainability_runs_share_directions_data_and_one_rate_per_tuple(rng):
+    """:func:`theorems.training.trainability_at_one_rate`: one accuracy in [0, 1] per network and σ², one rate per
+    tuple and re-estimate (positive, finite), and networks that share their directions at σ² = 2 and 2.0000001 end
+    at the same accuracy (the same digits, the same rate, nearly the same weights)."""
+    from theorems.training import trainability_at_one_rate
+
+    out = trainability_at_one_rate(3, (2.0, 2.0000001), 3, 16, 20, rng, every=10)
+    assert out.rates.shape == (2, 3) and np.isfinite(out.rates).all() and (out.rates > 0).all()
+    for s in (2.0, 2.0000001):
+        assert out.accuracy[s].shape == (3,) and ((0 <= out.accuracy[s]) & (out.accuracy[s] <= 1)).all()
+    assert np.array_equal(out.accuracy[2.0], out.accuracy[2.0000001])
+    with pytest.raises(ValueError, match="reference"):
+        trainability_at_one_rate(3, (1.0, 4.0), 2, 8, 10, rng, every=10)
+    with pytest.raises(ValueError, match="multiple of every"):
+        trainability_at_one_rate(3, (2.0,), 2, 8, 15, rng, every=10)
