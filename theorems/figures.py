@@ -23,7 +23,7 @@ from .predictions import (
 )
 from .profiles import Sizes
 from .seeding import derive_seed, generator
-from .training import low_rank_regression_path, trained_fixed_gates_network
+from .training import low_rank_regression_path, trainability_at_one_rate, trained_fixed_gates_network
 
 __all__ = ["write_figures"]
 
@@ -314,15 +314,38 @@ def fig_low_rank(out, sizes, seed, device):
     _save(fig, out / "low_rank_emergence.png", bottom=0.06)
 
 
+def fig_trainability(out, sizes, seed, device):
+    """Full App. G.5 and G.6 (Figs 15 left, 17 left) on the digits: training accuracy after a fixed budget at one rate
+    per tuple against log||J|| at init, over a grid of σ²."""
+    plt = _plt()
+    g = generator(derive_seed(seed, "fig_trainability"), device)
+    depth, b, samples, steps, sigma2s = sizes["trainability"]
+    res = trainability_at_one_rate(depth, sigma2s, b, samples, steps, g, device)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    colors = plt.cm.coolwarm(np.linspace(0, 1, len(sigma2s)))
+    for s2, color in zip(sigma2s, colors):
+        ax.scatter(res.log_norm0[s2], res.accuracy[s2], color=color, label=f"σ² = {s2:g}", s=18)
+    ax.axhline(0.1, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="log ||J|| at init (first training digit)", ylabel=f"training accuracy after {steps} GD steps",
+           title=f"Trainability at depth {depth} (ReLU MLP, digits)")
+    ax.legend(fontsize=7)
+    _caption(fig, f"Width 64, {samples} digits per network, {b} networks per σ² sharing directions; one rate per tuple: "
+                  f"1/λ_max of the σ² = 2 network's loss Hessian, re-estimated every 100 steps; diverged = chance (dotted); "
+                  f"seed {seed}.")
+    _save(fig, out / "trainability.png", bottom=0.06)
+
+
 SIZES = Sizes(
     quick=dict(n=128, depths=[1, 5, 10, 20, 40, 60, 80, 100], B=8, edge_widths=(32, 64, 128), train=(32, 4, 8, 200),
-               align_train=(70, 16, 150, 256), low_rank=(64, 10, 10, 4, 4000)),
+               align_train=(70, 16, 150, 256), low_rank=(64, 10, 10, 4, 4000),
+               trainability=(16, 6, 32, 600, (1.0, 1.4, 2.0, 2.8, 4.0))),
     full=dict(n=256, depths=[1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], B=32, edge_widths=(64, 128, 256, 512),
-              train=(256, 8, 8, 2000), align_train=(100, 32, 400, 512), low_rank=(64, 10, 10, 32, 6000)),
+              train=(256, 8, 8, 2000), align_train=(100, 32, 400, 512), low_rank=(64, 10, 10, 32, 12000),
+              trainability=(48, 16, 256, 3000, (1.0, 1.4, 2.0, 2.8, 4.0))),
 )
 
 FIGURES = [fig_norm_vs_depth, fig_random_pruning, fig_magnitude_pruning, fig_correlation, fig_edge_of_stability,
-           fig_lyapunov, fig_alignment, fig_training, fig_low_rank]
+           fig_lyapunov, fig_alignment, fig_training, fig_low_rank, fig_trainability]
 
 
 def write_figures(out, profile: str = "quick", seed: int = 0, device: str = "cpu", progress=print):

@@ -574,6 +574,7 @@ class Trainability:
     accuracy: dict  # σ² -> (B,) training accuracy on each network's own digits; 1/10 (chance) where it diverged
     diverged: dict  # σ² -> (B,) bool
     rates: np.ndarray  # (budget / every, B) the rate of each triple over training
+    log_norm0: dict  # σ² -> (B,) log||J|| at init, at each network's first training digit (Fig. 17's abscissa)
 
 
 def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, steps: int, gen, device="cpu", *,
@@ -604,18 +605,19 @@ def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, step
         y = mlp_forward(params, x)[-1]
         return ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * n * samples)
 
-    diverged, rates = np.zeros(k * b, dtype=bool), []
+    diverged, rates, log_norm0 = np.zeros(k * b, dtype=bool), [], None
     for _ in range(steps // every):
         lam = loss_sharpness(reference_losses, [w[ref * b:(ref + 1) * b] for w in ws], gen, iters=iters)
         rate = (1.0 / lam).cpu().numpy()  # a reference network that diverged keeps a vanishing rate, never 0 or NaN
         rates.append(np.where(np.isfinite(rate) & (rate > 0), rate, np.finfo(np.float64).tiny))
         run = train_mlp(ws, xs, zs, np.tile(rates[-1], k), every, record_every=every)
         ws, diverged = run.weights, diverged | run.diverged
+        log_norm0 = run.log_norm[0] if log_norm0 is None else log_norm0
     with torch.no_grad():
         right = mlp_forward(ws, xs)[-1][..., :10].argmax(-1) == zs[..., :10].argmax(-1)
     accuracy = np.where(diverged, 0.1, right.to(torch.float64).mean(-1).cpu().numpy())
     split = lambda a: {s: a[i * b:(i + 1) * b] for i, s in enumerate(sigma2s)}  # noqa: E731
-    return Trainability(split(accuracy), split(diverged), np.array(rates))
+    return Trainability(split(accuracy), split(diverged), np.array(rates), split(log_norm0))
 
 
 @dataclass
