@@ -322,7 +322,7 @@ def fig_trainability(out, sizes, seed, device):
     depth, b, samples, steps, sigma2s = sizes["trainability"]
     res = trainability_at_one_rate(depth, sigma2s, b, samples, steps, g, device)
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    colors = plt.cm.coolwarm(np.linspace(0, 1, len(sigma2s)))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(sigma2s)))
     for s2, color in zip(sigma2s, colors):
         ax.scatter(res.log_norm0[s2], res.accuracy[s2], color=color, label=f"σ² = {s2:g}", s=18)
     ax.axhline(0.1, color="grey", lw=0.8, ls=":")
