@@ -578,15 +578,16 @@ class Trainability:
 
 
 def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, steps: int, gen, device="cpu", *,
-                             reference: float = 2.0, every: int = 100, iters: int = 10) -> Trainability:
+                             reference: float = 2.0, every: int = 100, iters: int = 10,
+                             refresh_iters: int = 3) -> Trainability:
     """Full App. G.5 (Fig. 15 left) on the shipped digits: ReLU MLPs (full eq. (1), width 64, one-hot targets:
     :func:`regression_data`) at each σ² of ``sigma2s``, the networks of one index sharing their weights' directions
     (W = sqrt(σ²/σ²_ref) W_ref: common random numbers) and their ``samples`` training digits, trained by full-batch GD
     (:func:`train_mlp`) with one learning rate per such tuple: 1/λ_max of the ``reference`` network's loss Hessian
-    (half its edge of stability; :func:`loss_sharpness`), re-estimated every ``every`` steps (the paper trains every
-    σ² at one rate).  Returns each network's training accuracy (argmax of the 10 class outputs) after ``steps``
-    steps; a network whose loss or gradient overflowed has not trained: chance, 1/10 (claim critical-init, statement
-    trainability)."""
+    (half its edge of stability; :func:`loss_sharpness`), re-estimated every ``every`` steps (``iters`` power steps
+    first, ``refresh_iters`` warm-started ones after; the paper trains every σ² at one rate).  Returns each network's
+    training accuracy (argmax of the 10 class outputs) after ``steps`` steps; a network whose loss or gradient
+    overflowed has not trained: chance, 1/10 (claim critical-init, statement trainability)."""
     sigma2s = [check_real("sigma2s", s, low=0.0, low_open=True) for s in sigma2s]
     reference = check_real("reference", reference, low=0.0, low_open=True)
     if reference not in sigma2s:
@@ -606,8 +607,10 @@ def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, step
         return ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * n * samples)
 
     diverged, rates, log_norm0 = np.zeros(k * b, dtype=bool), [], None
-    for _ in range(steps // every):
-        lam = loss_sharpness(reference_losses, [w[ref * b:(ref + 1) * b] for w in ws], gen, iters=iters)
+    direction = [torch.randn(w[:b].shape, generator=gen, device=w.device, dtype=w.dtype) for w in ws]
+    for chunk in range(steps // every):  # the first estimate from a random direction, each later one warm-started
+        lam, direction = _power_iteration(reference_losses, [w[ref * b:(ref + 1) * b] for w in ws], direction,
+                                          iters if chunk == 0 else refresh_iters)
         rate = (1.0 / lam).cpu().numpy()  # a reference network that diverged keeps a vanishing rate, never 0 or NaN
         rates.append(np.where(np.isfinite(rate) & (rate > 0), rate, np.finfo(np.float64).tiny))
         run = train_mlp(ws, xs, zs, np.tile(rates[-1], k), every, record_every=every)
