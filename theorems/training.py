@@ -95,7 +95,8 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
             frozen = bool(diverged.any())
             for w, g in zip(ws, grads):
                 if frozen:
-                    g = torch.where(diverged[:, None, None], 0.0, g)
+                    g[diverged] = 0.0  # only the diverged networks' slices are written (a where over all cost as much
+                    #                    as the update itself)
                 w.addcmul_(rates, g, value=-1.0)
     return TrainingRun(np.array(rec_steps), np.array(norms), np.array(losses), [w.detach() for w in ws],
                        diverged.cpu().numpy())
