@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import math
 
@@ -22,7 +23,7 @@ from .predictions import balanced_singular_value_velocity
 from .spectral import jacobian_product, log_spectral_norm
 from .validation import check_int, check_real
 
-__all__ = ["TrainingRun", "mlp_forward", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects",
+__all__ = ["TrainingRun", "mlp_forward", "mlp_losses", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects",
            "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network",
            "mlp_stable_learning_rate", "train_at_largest_stable_rate", "relative_weight_change", "GateShift", "gates_after_training",
            "balanced_masked_network", "gradient_flow_singular_value_velocity", "masked_linear_gd_path",
@@ -48,6 +49,13 @@ def mlp_forward(weights, x):
     return ys
 
 
+def mlp_losses(weights, x, z) -> torch.Tensor:
+    """Per-network loss ``(2n)^-1 ||Y_L(x) - z||^2`` averaged over the N samples (B,), the loss of full §4 that
+    :func:`train_mlp` descends."""
+    y = mlp_forward(weights, x)[-1]
+    return ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * x.shape[-1] * x.shape[1])
+
+
 def relative_weight_change(after, before) -> torch.Tensor:
     """Per network (B,): mean over layers of ``||W_l^t - W_l^0||_F / ||W_l^0||_F`` (how far training moved the
     weights; claims approx-trained-gates, alignment)."""
@@ -70,15 +78,13 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
     ``diverged``, and its log||J|| and loss are recorded as +inf from then on (an unbounded change, never NaN; claim
     training-stability reads it as such).  The others are unaffected (each network has its own gradient)."""
     steps = check_int("steps", steps, minimum=0)
-    n = x.shape[-1]
     rates = _learning_rates(lr, weights[0].shape[0], weights[0])
     ws = [w.detach().clone().requires_grad_(True) for w in weights]
     x_ref = x[:, 0] if x_ref is None else x_ref
     diverged = torch.zeros(weights[0].shape[0], dtype=torch.bool, device=weights[0].device)
     rec_steps, norms, losses = [], [], []
     for t in range(steps + 1):
-        y = mlp_forward(ws, x)[-1]
-        per_net = ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * n * x.shape[1])
+        per_net = mlp_losses(ws, x, z)
         diverged |= ~torch.isfinite(per_net)
         if t % record_every == 0 or t == steps:
             rec_steps.append(t)
@@ -603,14 +609,10 @@ def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, step
     ws = [torch.cat([w * math.sqrt(s / reference) for s in sigma2s]) for w in base]
     xs, zs = x.repeat(k, 1, 1), z.repeat(k, 1, 1)
 
-    def reference_losses(params):
-        y = mlp_forward(params, x)[-1]
-        return ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * n * samples)
-
     diverged, rates, log_norm0 = np.zeros(k * b, dtype=bool), [], None
     direction = [torch.randn(w[:b].shape, generator=gen, device=w.device, dtype=w.dtype) for w in ws]
     for chunk in range(steps // every):  # the first estimate from a random direction, each later one warm-started
-        lam, direction = _power_iteration(reference_losses, [w[ref * b:(ref + 1) * b] for w in ws], direction,
+        lam, direction = _power_iteration(partial(mlp_losses, x=x, z=z), [w[ref * b:(ref + 1) * b] for w in ws], direction,
                                           iters if chunk == 0 else refresh_iters)
         rate = (1.0 / lam).cpu().numpy()  # a reference network that diverged keeps a vanishing rate, never 0 or NaN
         rates.append(np.where(np.isfinite(rate) & (rate > 0), rate, np.finfo(np.float64).tiny))

@@ -575,6 +575,6 @@ def work(profile) -> float:
     frames = FINITE_DEPTH_K * FINITE_DEPTH_FRAMES
     finite = sum(product_flops(2 * c.networks, c.depth, c.n) + product_flops(2 * c.networks, c.depth, c.n, frames)
                  for c in FINITE_DEPTH_CASES.of(profile))
-    c = profile.pick(*LOW_RANK)  # ~4L products per GD step, and the Hessian's power iteration (about a third more)
+    c = profile.pick(*LOW_RANK)  # 3L products per GD step (6 L n³), the Hessian's power iteration and the SVDs
     low_rank = c.steps * (c.networks + c.controls) * (12 * c.depth * c.n**3 + 4 * c.n**2 * c.samples)
     return qr + convergence + separation + align + trained + finite + low_rank
