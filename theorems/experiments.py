@@ -22,8 +22,10 @@ from .spectral import (
     log_singular_values,
     log_spectral_norm,
     lyapunov_qr,
+    product_svd,
     products_at,
     qr_log_diagonal,
+    resolvable,
     subspace_sin_theta,
     suffix_products,
     top_left_singular_vectors,
@@ -363,6 +365,19 @@ def qr_exponents(ens: Ensemble, k: int, gen, device="cpu") -> np.ndarray:
     return _np(lyapunov_qr(ens.factors(gen, device=device, jacobian_only=True), k, gen).exponents)
 
 
+#: Convergence tolerance of the product SVD behind :func:`finite_depth_offsets`: its estimated error of the singular
+#: vectors (the values' is about its square), against offsets' standard errors of ~1e-2.
+FINITE_DEPTH_SVD_TOL = 1e-6
+#: The relative error of s_k that :func:`finite_depth_offsets` accepts from the explicit product's SVD (log error
+#: 1e-8): a network with log(s_1/s_k) above the floor log(1e-8/eps) = 17.6 of :func:`resolvable` goes to the product
+#: SVD instead.
+FINITE_DEPTH_SV_ERROR = 1e-8
+#: Largest number of matrix entries of the factors kept at once for the product SVD's sweeps (2^27 float64 = 1 GiB;
+#: batched QR of thin blocks costs per call, so larger chunks are faster: 0.72 s against 1.17 s per 32 networks at
+#: n = 64, L = 256, k = 4 with 128 networks per chunk instead of 32).
+STORED_FACTOR_ENTRIES = 2**27
+
+
 def finite_depth_offsets(ens: Ensemble, k: int, frames: int, gen, device="cpu") -> dict[str, np.ndarray]:
     """Per network, ``log s_j(J_L) - mean_m log|R_jj(J_L Q_m)|`` for j = 1..k, with ``frames`` independent Haar
     start frames Q_m (claim lyapunov, statement finite-depth-constants), and the deficits ``delta_j`` of the
@@ -376,30 +391,47 @@ def finite_depth_offsets(ens: Ensemble, k: int, frames: int, gen, device="cpu") 
     exactly (Cauchy-Binet), so ``|E offset_j - b_j| <= max(E delta_j, E delta_{j-1})`` (delta_0 = 0): the deficits
     bound the finite-depth rest and are measured, not assumed.
 
-    Returns ``offset`` (B, k), ``delta`` (B, k) (frame means) and ``log_sv`` (B, k) (to check the precision floor).
+    ``log s_j`` and ``V_k``: from the SVD of the explicit product where s_k is above its precision floor at relative
+    error :data:`FINITE_DEPTH_SV_ERROR`, else from :func:`theorems.spectral.product_svd` (relative accuracy at every
+    j: the top 64 of Haas Fig. 3 span e^-100 and more), started at the network's first Haar frame.  The factors are
+    kept for its sweeps: chunks of at most :data:`STORED_FACTOR_ENTRIES` entries.
+
+    Returns ``offset`` (B, k), ``delta`` (B, k) (frame means), ``log_sv`` (B, k), ``error`` (B,) (the product SVD's
+    estimated error; 0 where the explicit product served) and ``product_svd`` (B,) (where it was used).
     """
-    k = check_int("k", k, maximum=ens.width - 1)
+    k = check_int("k", k, maximum=ens.width)
     frames = check_int("frames", frames)
-    parts = {"offset": [], "delta": [], "log_sv": []}
-    for part in chunks(ens):
+    parts = {"offset": [], "delta": [], "log_sv": [], "error": [], "product_svd": []}
+    size = max(1, STORED_FACTOR_ENTRIES // (ens.width * ens.width * ens.depth))
+    for begin in range(0, ens.batch, size):
+        part = ens.with_(batch=min(size, ens.batch - begin))
         b, n = part.batch, part.width
         start = haar_frame(b * frames, n, k, gen, device=device).reshape(b, frames, n, k)
         q = start.permute(0, 2, 1, 3).reshape(b, n, frames * k)  # the frames side by side: one GEMM per layer
         log_r = torch.zeros((b, frames, k), dtype=torch.float64, device=device)
-        product = None
+        factors, product = [], None
         for factor in part.factors(gen, device=device, jacobian_only=True):
+            factors.append(factor)
             product = extend_product(product, factor, renorm_every=1)
             qs, inc = qr_log_diagonal(apply_factor(factor, q).reshape(b, n, frames, k).permute(0, 2, 1, 3))
             log_r = log_r + inc
             q = qs.permute(0, 2, 1, 3).reshape(b, n, frames * k)
         _, s, vh = torch.linalg.svd(product.matrix)
-        log_sv = torch.log(s[:, :k]) + product.log_scale[:, None]
-        overlap = vh[:, None, :k, :] @ start  # (b, frames, k, k): V^T Q per frame
+        log_sv, right = torch.log(s[:, :k]) + product.log_scale[:, None], vh[:, :k].mT
+        error = torch.zeros(b, dtype=torch.float64, device=device)
+        deep = ~resolvable(log_sv, relative_error=FINITE_DEPTH_SV_ERROR).all(-1)
+        if bool(deep.any()):
+            svd = product_svd([Factor(f.weight[deep], None if f.gate is None else f.gate[deep]) for f in factors], k,
+                              frame=start[deep, 0], tol=FINITE_DEPTH_SVD_TOL)
+            log_sv[deep], right[deep], error[deep] = svd.log_sv, svd.right, svd.error
+        overlap = right.mT[:, None] @ start  # (b, frames, k, k): V^T Q per frame
         log_det = torch.stack([torch.linalg.slogdet(overlap[..., :j, :j])[1] for j in range(1, k + 1)], dim=-1)
         delta = torch.cumsum(log_r, -1) - torch.cumsum(log_sv, -1)[:, None, :] - log_det
         parts["offset"].append(_np(log_sv - log_r.mean(1)))
         parts["delta"].append(_np(delta.mean(1)))
         parts["log_sv"].append(_np(log_sv))
+        parts["error"].append(_np(error))
+        parts["product_svd"].append(_np(deep))
     return {key: np.concatenate(v) for key, v in parts.items()}
 
 

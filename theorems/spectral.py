@@ -33,6 +33,8 @@ __all__ = [
     "krylov_log_spectral_norm",
     "LyapunovEstimate",
     "lyapunov_qr",
+    "ProductSVD",
+    "product_svd",
     "cholesky_qr2",
     "qr_log_diagonal",
     "QR_METHODS",
@@ -319,6 +321,141 @@ def lyapunov_qr(
     if checkpoints is not None:
         return out
     return LyapunovEstimate(log_r, depth)
+
+
+def apply_factor_transpose(factor: Factor, x: torch.Tensor) -> torch.Tensor:
+    """``(W diag(gate))^T x = diag(gate) W^T x`` for x of shape (B, n, k)."""
+    w, gate = factor
+    y = torch.matmul(w.mT, x)
+    return gate.unsqueeze(-1) * y if gate is not None else y
+
+
+@dataclass(frozen=True)
+class ProductSVD:
+    """Top-k singular values of a product with relative accuracy (:func:`product_svd`).
+
+    ``log_sv`` (B, k): log s_1 >= ... >= log s_k (-inf where the product's rank is below j); ``right`` (B, n, k) and
+    ``left`` (B, n, k): the singular frames V_k, U_k (signs arbitrary); ``sweeps``: forward sweeps run (by the
+    slowest network); ``error`` (B,): per network the estimated distance of the log singular values and of the
+    singular vectors (the larger) to their limits, ``c r/(1-r)`` from the last change c and the ratio r of the last two
+    changes (geometric convergence; inf while that ratio is >= 1 or after fewer than three sweeps; a last change below
+    tol/10 is the estimate itself)."""
+
+    log_sv: torch.Tensor
+    right: torch.Tensor
+    left: torch.Tensor
+    sweeps: int
+    error: torch.Tensor
+
+
+def _sweep_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per network the largest |new - old| over finite entries (equal infinities count as no change)."""
+    same = new == old  # -inf == -inf: a collapsed direction stays collapsed
+    diff = torch.where(same, torch.zeros_like(new), (new - old).abs())
+    return torch.nan_to_num(diff, nan=math.inf).amax(dim=-1)
+
+
+#: A layer whose QR leaves ``|R_jj|`` below this fraction of its largest ``|R_ii|`` annihilates the j-th direction of
+#: the frame (a closed gate, a zero column): the product's rank is below j, and :func:`product_svd` reports
+#: ``log s_j = -inf`` onwards instead of the rounding level (Householder leaves ~ eps sqrt(n) ||F Q||).  A Gaussian
+#: layer's R_jj (chi with >= 1 degree of freedom) falls below it with probability ~1e-12.
+PRODUCT_RANK_TOL = 1e-12
+
+
+def _frame_change(new: torch.Tensor, old: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """Per network the largest ``||new_j - ±old_j||`` over the columns with a finite singular value (≈ the angle
+    each singular vector moved; full precision for tiny angles, unlike 1 - |cos|)."""
+    sign = torch.where((new * old).sum(-2, keepdim=True) < 0, -1.0, 1.0)
+    moved = torch.linalg.vector_norm(new - sign * old, dim=-2)
+    return torch.where(finite, moved, torch.zeros_like(moved)).amax(dim=-1)
+
+
+def _geometric_error(now: torch.Tensor, before: torch.Tensor, tol: float) -> torch.Tensor:
+    """The distance to the limit left by geometric convergence: ``c r/(1-r)`` with c the last change and r the
+    ratio of the last two (inf while r >= 1 or before two changes); a change below tol/10 is taken as the limit
+    (rounding jitter has no ratio)."""
+    rate = torch.where(torch.isinf(before), math.inf, now / before)
+    geometric = torch.where(rate < 1, now * rate / (1 - rate), math.inf)
+    return torch.where(now <= tol / 10, now, geometric)
+
+
+def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | None = None, *,
+                frame: torch.Tensor | None = None, tol: float = 1e-10, max_sweeps: int = 200,
+                qr: str = "auto") -> ProductSVD:
+    """Top-k singular values and vectors of ``J = F_L ... F_1`` to relative accuracy, far below the floor of the
+    explicit product (:func:`resolvable`): subspace iteration on ``J^T J`` in product form (the periodic QR of
+    Golub, Sølna and Van Dooren 2000; Benettin's QR flow run forwards and backwards).
+
+    A forward sweep pushes an orthonormal frame Q_0 (B, n, k) through the factors, ``F_l Q_{l-1} = Q_l R_l``, so that
+    ``J Q_0 = Q_L T`` with ``T = R_L ... R_1`` upper triangular and ``log|T_jj| = sum_l log|R_l,jj|`` (never formed:
+    each step is one backward-stable QR of a single factor's image, so a singular value e^-300 below the top keeps
+    its relative accuracy).  A backward sweep pushes Q_L through the transposed factors, ``J^T Q_L = P_0 S``, and P_0
+    starts the next forward sweep: one ``J^T J`` step of subspace iteration per pair.  As Q_0 -> V_k, T -> diag(s)
+    and ``log|T_jj| -> log s_j`` with error of order ``(s_{j+1}/s_j)^(4m)`` after m pairs, so deep (separated)
+    products converge in a few sweeps; V_k converges at the square root of that rate, and it must settle too.  Stops
+    when the estimated remaining error of values and vectors (``error``: the last change extrapolated geometrically) is
+    at most ``tol``, or after ``max_sweeps`` (``error`` then says how far it is; callers check it).  Each network stops on its own: a
+    near tie s_j ≈ s_j+1 converges slowly (rate (s_j+1/s_j)^4 per pair) and only its network keeps sweeping.
+
+    A layer that annihilates the frame's j-th direction (``|R_jj|`` below :data:`PRODUCT_RANK_TOL` of its largest: a
+    product of rank below j, e.g. fewer than j open gates) gives ``log s_j = ... = log s_k = -inf``; an all-zero
+    layer makes every value -inf (a collapse).  Convergence is judged on the finite values.
+
+    ``factors``: a sequence (it is traversed twice per sweep); ``frame``: the start Q_0 (default: Haar from
+    ``generator``).  Lyapunov claims: the finite-depth constants beyond the explicit product's reach (Haas Fig. 3)."""
+    factors = list(factors)
+    if not factors:
+        raise ValueError("factors must contain at least one layer (depth >= 1)")
+    w = factors[0].weight
+    k = check_int("k", k, maximum=w.shape[-1])
+    max_sweeps = check_int("max_sweeps", max_sweeps)
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0; got {tol}")
+    if qr not in QR_METHODS:
+        raise ValueError(f"qr must be one of {QR_METHODS}; got {qr!r}")
+    if frame is None:
+        if generator is None:
+            raise ValueError("product_svd needs a start frame or a generator to draw a Haar one")
+        frame = haar_frame(w.shape[0], w.shape[-1], k, generator, device=w.device, dtype=w.dtype)
+    batch = frame.shape[0]
+    right, left = frame.clone(), torch.empty_like(frame)
+    log_sv = torch.zeros(batch, k, dtype=w.dtype, device=w.device)
+    change = torch.full((batch,), math.inf, dtype=w.dtype, device=w.device)
+    error = change.clone()
+    done = torch.zeros(batch, dtype=torch.bool, device=w.device)
+    subset = torch.arange(batch, device=w.device)  # the networks whose factors are swept (a superset of the unconverged)
+    sweep = 0
+    for sweep in range(1, max_sweeps + 1):
+        q, total, lost = right[subset], torch.zeros(len(subset), k, dtype=w.dtype, device=w.device), None
+        for factor in factors:
+            q, inc = qr_log_diagonal(apply_factor(factor, q), qr)
+            total = total + inc
+            low = inc < inc.amax(dim=-1, keepdim=True) + math.log(PRODUCT_RANK_TOL)
+            lost = low if lost is None else lost | low
+        # a lost j-volume is a rank below j: s_j, ..., s_k = 0 (nested volumes)
+        total = torch.where(torch.cummax(lost.to(torch.int8), dim=-1).values.bool(), -math.inf, total)
+        going = ~done[subset]  # a converged network keeps its results (its factors may still be swept)
+        rows, total = subset[going], total[going]
+        left[rows] = q[going]
+        previous = change[rows]
+        if sweep > 1:
+            change[rows] = _sweep_change(total, log_sv[rows])
+        log_sv[rows] = total
+        for factor in reversed(factors):
+            q, _ = qr_log_diagonal(apply_factor_transpose(factor, q), qr)
+        q = q[going]
+        if sweep > 1:  # the frame converges at the square root of the values' rate: it must settle too
+            change[rows] = torch.maximum(change[rows], _frame_change(q, right[rows], torch.isfinite(total)))
+            error[rows] = _geometric_error(change[rows], previous, tol)
+        right[rows] = q
+        done[rows] = error[rows] <= tol
+        if bool(done.all()):
+            break
+        if 2 * int((~done[subset]).sum()) <= len(subset):  # sweep only the unconverged once they are half or fewer
+            keep = ~done[subset]
+            subset = subset[keep]
+            factors = [Factor(f.weight[keep], None if f.gate is None else f.gate[keep]) for f in factors]
+    return ProductSVD(log_sv, right, left, sweep, error)
 
 
 def log_norm_of_image(factors: Iterable[Factor], u: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from .predictions import balanced_singular_value_velocity
 from .spectral import jacobian_product, log_spectral_norm
 from .validation import check_int, check_real
 
-__all__ = ["TrainingRun", "mlp_forward", "mlp_losses", "mlp_factors", "train_mlp", "train_masked_linear", "balance_defects",
+__all__ = ["TrainingRun", "mlp_forward", "mlp_losses", "mlp_factors", "mlp_log_norm", "train_mlp", "train_masked_linear", "balance_defects",
            "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network",
            "mlp_stable_learning_rate", "train_at_largest_stable_rate", "relative_weight_change", "GateShift", "gates_after_training",
            "balanced_masked_network", "gradient_flow_singular_value_velocity", "masked_linear_gd_path",
@@ -35,7 +35,8 @@ __all__ = ["TrainingRun", "mlp_forward", "mlp_losses", "mlp_factors", "train_mlp
 @dataclass
 class TrainingRun:
     steps: np.ndarray  # recorded steps
-    log_norm: np.ndarray  # (len(steps), B) log||J|| at the reference input; +inf once a network diverged
+    log_norm: np.ndarray | None  # (len(steps), B) log||J|| at the reference input; +inf once a network diverged; None
+    #                              when not recorded (train_mlp's record_norms=False)
     loss: np.ndarray  # (len(steps), B); +inf once a network diverged
     weights: list  # final weights, list of (B, n, n) (a diverged network's: its last finite ones)
     diverged: np.ndarray  # (B,) the loss or a gradient overflowed: GD left every bounded set (an unbounded change)
@@ -70,9 +71,18 @@ def mlp_factors(weights, x0):
         return [Factor(w, (y[:, 0] > 0).to(w.dtype)) for w, y in zip(weights, ys[:-1])]
 
 
-def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_ref=None) -> TrainingRun:
+def mlp_log_norm(weights, x0) -> torch.Tensor:
+    """log||J|| (B,) of the MLP at the input x0 (B, n), renormalised at every layer (a network on its way to
+    diverging has huge but finite weights)."""
+    return log_spectral_norm(jacobian_product(mlp_factors([w.detach() for w in weights], x0), renorm_every=1))
+
+
+def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_ref=None,
+              record_norms: bool = True) -> TrainingRun:
     """Full-batch GD on hidden weights (list of (B, n, n)) for inputs x (B, N, n), targets z (B, N, n);
-    ``lr``: one learning rate, or one per network.
+    ``lr``: one learning rate, or one per network.  Records the loss and (``record_norms``; an SVD per network and
+    record, which callers that use only the weights or the loss skip) log||J|| at ``x_ref`` every ``record_every``
+    steps and at the end.
 
     A network whose loss or gradient overflows has diverged: it is frozen at its last finite weights, flagged in
     ``diverged``, and its log||J|| and loss are recorded as +inf from then on (an unbounded change, never NaN; claim
@@ -89,9 +99,8 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
         if t % record_every == 0 or t == steps:
             rec_steps.append(t)
             losses.append(torch.where(diverged, math.inf, per_net.detach()).cpu().numpy())
-            # renormalised at every layer: a network on its way to diverging has huge but finite weights
-            log_norm = log_spectral_norm(jacobian_product(mlp_factors([w.detach() for w in ws], x_ref), renorm_every=1))
-            norms.append(torch.where(diverged, math.inf, log_norm).cpu().numpy())
+            if record_norms:
+                norms.append(torch.where(diverged, math.inf, mlp_log_norm(ws, x_ref)).cpu().numpy())
         if t == steps:
             break
         grads = torch.autograd.grad(per_net.sum(), ws)  # a diverged network's inf/NaN stays in its own slice
@@ -104,8 +113,8 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
                     g[diverged] = 0.0  # only the diverged networks' slices are written (a where over all cost as much
                     #                    as the update itself)
                 w.addcmul_(rates, g, value=-1.0)
-    return TrainingRun(np.array(rec_steps), np.array(norms), np.array(losses), [w.detach() for w in ws],
-                       diverged.cpu().numpy())
+    return TrainingRun(np.array(rec_steps), np.array(norms) if record_norms else None, np.array(losses),
+                       [w.detach() for w in ws], diverged.cpu().numpy())
 
 
 def train_at_largest_stable_rate(weights, x, z, rates, steps: int, *, record_every: int = 1,
@@ -609,16 +618,16 @@ def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, step
     ws = [torch.cat([w * math.sqrt(s / reference) for s in sigma2s]) for w in base]
     xs, zs = x.repeat(k, 1, 1), z.repeat(k, 1, 1)
 
-    diverged, rates, log_norm0 = np.zeros(k * b, dtype=bool), [], None
+    diverged, rates = np.zeros(k * b, dtype=bool), []
+    log_norm0 = mlp_log_norm(ws, xs[:, 0]).cpu().numpy()
     direction = [torch.randn(w[:b].shape, generator=gen, device=w.device, dtype=w.dtype) for w in ws]
     for chunk in range(steps // every):  # the first estimate from a random direction, each later one warm-started
         lam, direction = _power_iteration(partial(mlp_losses, x=x, z=z), [w[ref * b:(ref + 1) * b] for w in ws], direction,
                                           iters if chunk == 0 else refresh_iters)
         rate = (1.0 / lam).cpu().numpy()  # a reference network that diverged keeps a vanishing rate, never 0 or NaN
         rates.append(np.where(np.isfinite(rate) & (rate > 0), rate, np.finfo(np.float64).tiny))
-        run = train_mlp(ws, xs, zs, np.tile(rates[-1], k), every, record_every=every)
+        run = train_mlp(ws, xs, zs, np.tile(rates[-1], k), every, record_every=every, record_norms=False)
         ws, diverged = run.weights, diverged | run.diverged
-        log_norm0 = run.log_norm[0] if log_norm0 is None else log_norm0
     with torch.no_grad():
         right = mlp_forward(ws, xs)[-1][..., :10].argmax(-1) == zs[..., :10].argmax(-1)
     accuracy = np.where(diverged, 0.1, right.to(torch.float64).mean(-1).cpu().numpy())
@@ -656,7 +665,7 @@ def gates_after_training(n: int, layer: int, batch: int, lr: float, steps: int, 
     z = torch.randn(m, 1, n, generator=rng, device=device, dtype=torch.float64).expand(batch, 1, n)
     ws = [sample_weights(batch, n, 2.0, rng, eta=eta, device=device) for _ in range(depth)]
     before = mlp_factors(ws, x[:, 0])[layer].gate
-    run = train_mlp(ws, x, z, lr, steps, record_every=steps)
+    run = train_mlp(ws, x, z, lr, steps, record_every=steps, record_norms=False)
     after = mlp_factors(run.weights, x[:, 0])[layer].gate
     change = relative_weight_change(run.weights, ws)
     w, w_next = run.weights[layer - 1], run.weights[layer]

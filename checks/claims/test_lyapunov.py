@@ -173,70 +173,81 @@ class FiniteDepthCase(NamedTuple):
     gates: str
     depth: int
     networks: int  # per half: the offsets come from one half, the deficits (model error) from the other
+    k: int  # the constants checked: b_1 .. b_k
 
 
-#: The finite-depth constants' ensembles.  The depth makes the top K + 1 exponents separate (L (gamma_k - gamma_k+1)
-#: >= 4 at n = 16, p = 1 and >= 4.3 at n = 64, p = 1/2: measured deficits 0.03-0.06) while s_K stays well above the
-#: precision floor of the explicit product (L (gamma_1 - gamma_K) <= 14.3, :data:`FINITE_DEPTH_SV_ERROR`); that pair
-#: of bounds is why K is 4 here and not the paper's 64, which needs a product SVD that keeps relative accuracy
-#: (the graded triangular factors of the QR flow) beyond the floor.
+#: The finite-depth constants' ensembles.  The depth makes consecutive exponents separate (L (gamma_j - gamma_j+1)
+#: >= 4 for every checked j: 4.4 at n = 16, p = 1, L = 128; 4.3 at n = 64, p = 1/2, L = 256; 4.1 at n = 64, p = 1,
+#: L = 512), so the deficits are small (0.00-0.05 measured).  k: every constant at n = 16 (the spectrum spans
+#: L (gamma_1 - gamma_16) ≈ 500, far below the explicit product's floor: the product SVD,
+#: :func:`theorems.spectral.product_svd`); at p = 1/2 k is capped by the gate dropout (a layer with fewer than k open
+#: gates, probability P(Bin(n, p) < k) per layer, makes s_k = 0; :func:`theorems.predictions.resolvable_k`'s rule at
+#: 1e-12: k = 4 at n = 64, 24 at n = 128).  The full profile reaches the paper's top 64 at n = 64, p = 1 (Haas Fig. 3).
+#: The quick n = 16 case has 256 networks per half (22 s with 16 frames on one thread; standard errors 0.024): with
+#: 128 (0.034, and deficit bounds of up to 0.091) the neighbouring-constant control (b_3 for b_2, 0.34 apart) had an
+#: estimated miss of 0.09 at the default seed.
 FINITE_DEPTH_CASES = Sizes(
-    quick=[FiniteDepthCase(16, 1.0, "none", 128, 256), FiniteDepthCase(64, 0.5, "bernoulli", 256, 256)],
-    full=[FiniteDepthCase(16, 1.0, "none", 128, 1024), FiniteDepthCase(32, 1.0, "none", 256, 512),
-          FiniteDepthCase(64, 0.5, "bernoulli", 256, 512), FiniteDepthCase(64, 0.5, "relu", 256, 512)],
+    quick=[FiniteDepthCase(16, 1.0, "none", 128, 256, 16), FiniteDepthCase(64, 0.5, "bernoulli", 256, 256, 4)],
+    full=[FiniteDepthCase(16, 1.0, "none", 128, 1024, 16), FiniteDepthCase(64, 1.0, "none", 512, 256, 64),
+          FiniteDepthCase(128, 0.5, "bernoulli", 512, 256, 24), FiniteDepthCase(64, 0.5, "relu", 256, 512, 4)],
 )
-FINITE_DEPTH_K = 4
 #: Haar start frames per network: the spread of an offset falls from 0.44 (8 frames) to 0.37 (16) at k = 2, n = 64,
-#: p = 1/2 (measured), towards the spread of the deficits (about 0.1), at little cost (the product dominates).
+#: p = 1/2 (measured); at n = 16, k = 16 the standard errors of 256 networks are 0.046, 0.033, 0.024 with 4, 8, 16.
 FINITE_DEPTH_FRAMES = 16
-#: The relative error of s_K the check tolerates (a log error of 1e-2 in a network at the floor, against standard
-#: errors of the mean of 0.02-0.03): the floor log(s_1/s_K) < log(1e-2 / eps) = 31.4 of :func:`resolvable`.  Measured
-#: log(s_1/s_4): mean 14-15.5, spread 2.5-2.7 in every case (largest 24.7 of 512 networks), so the floor lies more
-#: than 6 spreads above the mean.
-FINITE_DEPTH_SV_ERROR = 1e-2
+#: The product SVD's numerical error of a mean offset (at most the mean of the networks' estimated errors) must stay
+#: below this fraction of the offsets' smallest standard error.
+FINITE_DEPTH_NUMERICAL_SHARE = 1e-2
 
 
 @pytest.mark.claim("lyapunov", statement="finite-depth-constants")
 @pytest.mark.statistical(1)  # the upper confidence bounds of the deficits (the model errors)
-@pytest.mark.parametrize_by_profile("case", FINITE_DEPTH_CASES, ids=lambda c: f"n{c.n}-p{c.p}-{c.gates}")
+@pytest.mark.parametrize_by_profile("case", FINITE_DEPTH_CASES, ids=lambda c: f"n{c.n}-p{c.p}-{c.gates}-k{c.k}")
 def test_finite_depth_correction_constants(case, rng, device, verdict):
     """Haas Figs 2-3: ``(1/L) log s_{k,L} ≈ gamma_k + (d_{k-1} - d_k)/L`` with ``d_j = -volume_gap(n, j)``
-    (:func:`theorems.predictions.finite_depth_constants`, derived there).
+    (:func:`theorems.predictions.finite_depth_constants`, derived there), for every j up to ``case.k`` (Fig. 3: the
+    top 64; all 16 at n = 16, where the constants change sign: b_17-j = -b_j).
 
-    Statistic: ``E log s_{k,L} - L gamma_k`` (the residual of Fig. 3 times L), estimated per network as ``log s_k``
-    of the explicit product minus ``log|R_kk|`` of the QR flow of Haar start frames through the same factors
-    (:func:`finite_depth_offsets`; E log|R_kk| = L gamma_k exactly, so the exponents' noise cancels); prediction
-    ``b_k = d_{k-1} - d_k``; model error (theory and independent data): ``|E offset - b_k| <= max(E delta_k,
-    E delta_{k-1})`` exactly, the deficits ``delta >= 0`` of the volume identity bounded from above (t bound at the
-    suite level, a slot of its own) on the other half of the networks.  Negative controls: the uncorrected
-    prediction (b_1 = 0: gamma_1 alone, Fig. 2's other curve) and the neighbouring constant (b_3 in place of b_2)."""
-    k = FINITE_DEPTH_K
+    Statistic: ``E log s_{j,L} - L gamma_j`` (the residual of Fig. 3 times L), estimated per network as ``log s_j``
+    (explicit product, or the product SVD below its precision floor) minus ``log|R_jj|`` of the QR flow of Haar start
+    frames through the same factors (:func:`finite_depth_offsets`; E log|R_jj| = L gamma_j exactly, so the exponents'
+    noise cancels); prediction ``b_j = d_{j-1} - d_j``; model error (theory and independent data): ``|E offset - b_j|
+    <= max(E delta_j, E delta_{j-1})`` exactly, the deficits ``delta >= 0`` of the volume identity bounded from above
+    (t bound at the suite level, a slot of its own) on the other half of the networks.  Negative controls: the
+    uncorrected prediction (b_1 = 0: gamma_1 alone, Fig. 2's other curve), the neighbouring constant (b_3 in place of
+    b_2) and, where the whole spectrum is checked, "the correction is upward at every j" at the bottom (b_n = 0)."""
+    k = case.k
     ens = Ensemble(case.n, case.depth, sigma2=2.0, keep_prob=case.p, gates=case.gates, batch=2 * case.networks)
     out = finite_depth_offsets(ens, k, FINITE_DEPTH_FRAMES, rng, device)
-    g = ens.lyapunov_exponents(k + 1)
+    g = ens.lyapunov_exponents(k)
     verdict.sizes.update(n=case.n, p=case.p, gates=case.gates, L=case.depth, B=2 * case.networks,
-                         per_half=case.networks, frames=FINITE_DEPTH_FRAMES,
-                         separation=round(case.depth * float(min(-np.diff(g))), 2))
-    spread = out["log_sv"][:, 0] - out["log_sv"][:, k - 1]
-    verdict.note(largest_log_s1_over_sK=round(float(spread.max()), 2))
-    assert bool(resolvable(torch.as_tensor(out["log_sv"]), relative_error=FINITE_DEPTH_SV_ERROR).all()), (
-        f"s_{k} fell below the explicit product's precision floor (relative error {FINITE_DEPTH_SV_ERROR:g}; largest "
-        f"log(s_1/s_{k}) {spread.max():.1f}): {verdict.sizes}")
+                         per_half=case.networks, frames=FINITE_DEPTH_FRAMES, k=k,
+                         separation=round(case.depth * float(min(-np.diff(g))), 2) if k > 1 else None)
     half = case.networks
     offset, delta = out["offset"][:half], out["delta"][half:]
+    estimates = [mean_estimate(offset[:, j]) for j in range(k)]
+    numerical = float(out["error"].mean())
+    verdict.note(product_svd_networks=int(out["product_svd"].sum()), numerical_error=numerical,
+                 largest_log_s1_over_sk=round(float((out["log_sv"][:, 0] - out["log_sv"][:, k - 1]).max()), 1))
+    smallest = min(e.stderr for e in estimates)
+    assert numerical <= FINITE_DEPTH_NUMERICAL_SHARE * smallest, (
+        f"the product SVD did not converge: mean estimated error {numerical:.3g} of the log singular values against "
+        f"{FINITE_DEPTH_NUMERICAL_SHARE:g} x the smallest standard error {smallest:.3g}; {verdict.sizes}")
     # one-sided upper bounds at FALSE_FAIL_RATE / k each (the upper end of the two-sided interval at twice that rate),
     # Bonferroni over the k deficits: the test's statistical slot
     bounds = [mean_estimate(delta[:, j]).interval(1 - 2 * FALSE_FAIL_RATE / k)[1] for j in range(k)]
-    b = ens.finite_depth_correction(k + 1)
+    b = ens.finite_depth_correction(k)
     errors = [max(bounds[j], bounds[j - 1] if j else 0.0) for j in range(k)]
     verdict.note(deficit_upper_bounds=[round(x, 4) for x in bounds])
     for j in range(k):
-        verdict.check(compare(f"E log s_{j + 1},L - L gamma_{j + 1}", mean_estimate(offset[:, j]), b[j],
+        verdict.check(compare(f"E log s_{j + 1},L - L gamma_{j + 1}", estimates[j], b[j],
                               model_error=errors[j], family=k, note=f"d_{j + 1} = {-sum(b[:j + 1]):.4f}"))
-    verdict.reject(compare("E log s_1,L - L gamma_1 vs 0 (uncorrected, negative control)",
-                           mean_estimate(offset[:, 0]), 0.0, model_error=errors[0]))
+    verdict.reject(compare("E log s_1,L - L gamma_1 vs 0 (uncorrected, negative control)", estimates[0], 0.0,
+                           model_error=errors[0]))
     verdict.reject(compare("E log s_2,L - L gamma_2 vs the neighbouring constant b_3 (negative control)",
-                           mean_estimate(offset[:, 1]), b[2], model_error=errors[1]))
+                           estimates[1], b[2], model_error=errors[1]))
+    if k == case.n:
+        verdict.reject(compare(f"E log s_{k},L - L gamma_{k} vs 0 (negative control: an upward correction at every j)",
+                               estimates[k - 1], 0.0, model_error=errors[k - 1]))
 
 
 # --- spectral separation ---------------------------------------------------------------------------
@@ -499,8 +510,14 @@ class TrainedAlignment(NamedTuple):
 #: The ReLU MLP trains on 16 digits in the quick profile (its cost is per sample; 64
 #: took 60 s): at 0.9 of the stability bound the weights move by about 3e-4 (relative, recorded) with 16 or 64
 #: samples alike, and the statistics agree (seeds 509, 1, 2: span slope -0.032/-0.033/-0.029 with 16 and 64).
-TRAINED_ALIGNMENT = Sizes(quick=dict(gated=TrainedAlignment(90, (10, 35, 60), 32, 150, 256),
-                                     relu=TrainedAlignment(90, (10, 35, 60), 128, 100, 16)),
+#: Session 18 cut the quick ReLU ensemble to 64 networks again (the suite ran 5 min 18 s, over its 5 minutes): the
+#: quick profile asserts only the main check, whose detectable discrepancy at the default seed grows from 0.094 to
+#: 0.145 (the model error, the bound of the window change on the other half, dominates: 0.074 -> 0.113); 18 s
+#: instead of 32 s with one worker.  The gated model's quick run went from 150 to 100 steps at the same time (the
+#: weights move by about 2e-4 instead of 3e-4, relative; in the quick profile both models are trained only a little,
+#: which the recorded weight change says): the full profile's 400 steps and 512 networks carry the controls.
+TRAINED_ALIGNMENT = Sizes(quick=dict(gated=TrainedAlignment(90, (10, 35, 60), 32, 100, 256),
+                                     relu=TrainedAlignment(90, (10, 35, 60), 64, 100, 16)),
                           full=dict(gated=TrainedAlignment(100, (10, 40, 70), 512, 400, 512),
                                     relu=TrainedAlignment(100, (10, 40, 70), 512, 400, 512)))
 TRAINED_ALIGNMENT_WIDTH = 64
@@ -531,7 +548,8 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
     else:
         x, z = regression_data("digits", batch, samples, n, rng, device)
         ws = [sample_weights(batch, n, 2.0, rng, device=device) for _ in range(L)]
-        run = train_mlp(ws, x, z, mlp_stable_learning_rate(ws, x, 0.9), steps, record_every=steps)
+        run = train_mlp(ws, x, z, mlp_stable_learning_rate(ws, x, 0.9), steps, record_every=steps,
+                        record_norms=False)
         loss_ratio = torch.as_tensor(run.loss[-1] / run.loss[0])
         factors = mlp_factors(run.weights, x[:, 0])
         change = relative_weight_change(run.weights, ws)
@@ -572,8 +590,9 @@ def work(profile) -> float:
                 for m in map(align_model, ALIGN_GATES))
     trained = sum(training_flops(b, L, TRAINED_ALIGNMENT_WIDTH, samples, steps) + 3 * product_flops(b, L, TRAINED_ALIGNMENT_WIDTH)
                   for L, _, b, steps, samples in profile.pick(*TRAINED_ALIGNMENT).values())
-    frames = FINITE_DEPTH_K * FINITE_DEPTH_FRAMES
-    finite = sum(product_flops(2 * c.networks, c.depth, c.n) + product_flops(2 * c.networks, c.depth, c.n, frames)
+    # the explicit product, the frames' flow and (at most) ten forward-backward sweeps of the product SVD on k columns
+    finite = sum(product_flops(2 * c.networks, c.depth, c.n) + product_flops(2 * c.networks, c.depth, c.n,
+                                                                            c.k * FINITE_DEPTH_FRAMES + 20 * c.k)
                  for c in FINITE_DEPTH_CASES.of(profile))
     c = profile.pick(*LOW_RANK)  # 3L products per GD step (6 L n³), the Hessian's power iteration and the SVDs
     low_rank = c.steps * (c.networks + c.controls) * (12 * c.depth * c.n**3 + 4 * c.n**2 * c.samples)

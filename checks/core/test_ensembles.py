@@ -65,6 +65,10 @@ def test_a_diverging_network_is_flagged_frozen_and_leaves_the_others_alone():
     alone = train_mlp([w[:1] for w in weights], x[:1], z[:1], 1e-2, steps, record_every=5)
     np.testing.assert_array_equal(run.log_norm[:, 0], alone.log_norm[:, 0])
     assert not alone.diverged.any()
+    quiet = train_mlp(weights, x, z, lr, steps, record_every=5, record_norms=False)  # the same run, no SVDs
+    assert quiet.log_norm is None
+    np.testing.assert_array_equal(quiet.loss, run.loss)
+    assert all(bool(torch.equal(a, b)) for a, b in zip(quiet.weights, run.weights))
 
 
 def test_each_network_trains_at_the_largest_rate_at_which_it_stays_stable():

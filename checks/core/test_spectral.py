@@ -18,6 +18,7 @@ from theorems.spectral import (
     log_singular_values,
     log_spectral_norm,
     lyapunov_qr,
+    product_svd,
     products_at,
     resolvable,
     subspace_sin_theta,
@@ -280,3 +281,94 @@ def test_finite_depth_offsets_match_plain_linear_algebra():
     delta = torch.cumsum(log_r, -1) - torch.cumsum(log_s, -1)[:, None] - log_det
     torch.testing.assert_close(torch.as_tensor(out["delta"]), delta.mean(1), rtol=0, atol=1e-9)
     assert (delta > -1e-9).all()
+
+
+def _projector(frame):
+    return frame @ frame.mT
+
+
+@pytest.mark.parametrize("gates", ["bernoulli", "relu", "none"])
+def test_product_svd_matches_the_svd_of_a_moderate_plain_product(gates):
+    """At depth 10, width 10 the explicit product is still accurate where s_j/s_1 > e^-10 (a backward-stable SVD errs
+    by ~ c n eps s_1: atol 1.2e-8 there, as for log_singular_values) and consecutive singular values are apart, so
+    the iteration converges: product_svd's top-k log singular values and nested singular subspaces (compared by
+    their projectors: signs are free) agree with torch's SVD of it."""
+    n, L, B, k = 10, 10, 6, 5
+    factors = list(Ensemble(n, L, sigma2=2.0, gates=gates, batch=B).factors(generator(3), jacobian_only=True))
+    out = product_svd(factors, k, generator(4), tol=1e-13, max_sweeps=200)
+    assert (out.error <= 1e-13).all() and out.sweeps < 200
+    u, s, vh = torch.linalg.svd(plain_product(factors))
+    expected = torch.log(s[:, :k])
+    ok = expected > expected[:, :1] - 10
+    torch.testing.assert_close(out.log_sv[ok], expected[ok], rtol=0, atol=1.2e-8)
+    for j in range(1, k):
+        apart = (expected[:, j - 1] - expected[:, j] > 0.05) & ok[:, j - 1]
+        torch.testing.assert_close(_projector(out.right[apart, :, :j]), _projector(vh.mT[apart, :, :j]),
+                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(_projector(out.left[apart, :, :j]), _projector(u[apart, :, :j]), rtol=0, atol=1e-6)
+
+
+def test_product_svd_keeps_relative_accuracy_far_below_the_explicit_floor():
+    """F_l = O_l diag(d) O_{l-1}^T with Haar O_l: J = O_L diag(d^L) O_0^T exactly, s_j = d_j^L.  With d_j = e^-(j-1)
+    and L = 60 the singular values span e^-420 (1e-182), where the explicit product keeps only s_1: product_svd's
+    log s_j err by less than 1e-9 (L roundings of eps each) and V_k is O_0's first k columns."""
+    n, L, B, k = 10, 60, 3, 8
+    g = generator(8)
+    frames = [haar_frame(B, n, n, g) for _ in range(L + 1)]
+    d = torch.exp(-torch.arange(n, dtype=torch.float64))
+    factors = [Factor(frames[l + 1] * d @ frames[l].mT, None) for l in range(L)]
+    out = product_svd(factors, k, g)
+    expected = (L * torch.log(d[:k])).expand(B, k)
+    torch.testing.assert_close(out.log_sv, expected, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(_projector(out.right), _projector(frames[0][..., :k]), rtol=0, atol=1e-9)
+    explicit = log_singular_values(jacobian_product(factors), k)
+    assert not resolvable(explicit).all(), "the explicit product should lose the small singular values here"
+
+
+def test_product_svd_reports_rank_loss_and_collapse_as_minus_infinity():
+    """A gate that closes all but 3 units caps the rank at 3: log s_4.. = -inf (not the rounding level QR leaves; no
+    NaN), the top 3 finite and equal to the plain product's; an all-zero layer makes every log singular value -inf
+    (a collapse, converged)."""
+    n, L, B, k = 8, 5, 2, 5
+    factors = list(Ensemble(n, L, sigma2=2.0, gates="none", batch=B).factors(generator(9)))
+    gate = torch.zeros(B, n, dtype=torch.float64)
+    gate[:, :3] = 1.0
+    factors[2] = Factor(factors[2].weight, gate)
+    out = product_svd(factors, k, generator(10))
+    assert not torch.isnan(out.log_sv).any()
+    assert torch.isneginf(out.log_sv[:, 3:]).all()
+    s = torch.linalg.svdvals(plain_product(factors))
+    torch.testing.assert_close(out.log_sv[:, :3], torch.log(s[:, :3]), rtol=0, atol=1e-9)
+    factors[1] = Factor(torch.zeros_like(factors[1].weight), None)
+    dead = product_svd(factors, k, generator(10))
+    assert torch.isneginf(dead.log_sv).all() and (dead.error == 0).all()
+
+
+def test_product_svd_rejects_bad_input_before_any_work():
+    factors = list(Ensemble(6, 3, batch=2).factors(generator(1)))
+    with pytest.raises(ValueError, match="k must be"):
+        product_svd(factors, 7, generator(2))
+    with pytest.raises(ValueError, match="tol must be > 0"):
+        product_svd(factors, 2, generator(2), tol=0.0)
+    with pytest.raises(ValueError, match="start frame or a generator"):
+        product_svd(factors, 2)
+    with pytest.raises(ValueError, match="at least one layer"):
+        product_svd([], 2, generator(2))
+
+
+def test_finite_depth_offsets_agree_whether_explicit_or_product_svd(monkeypatch):
+    """Where the explicit product is accurate (n = 8, L = 30, s_4/s_1 > e^-12) both of finite_depth_offsets' paths
+    serve the same offsets and deficits: forcing every network through the product SVD (a floor tolerance of ~eps)
+    changes the offsets and log singular values by less than 1e-6 (the explicit SVD errs by ~eps e^12), the deficits
+    by less than 1e-4 (they depend on V_j through log|det(V_j^T Q)|, which amplifies the vectors' 1e-6 tolerance by
+    the inverse of a possibly small overlap)."""
+    import theorems.experiments as E
+
+    ens = Ensemble(8, 30, sigma2=2.0, gates="none", batch=6)
+    explicit = E.finite_depth_offsets(ens, 4, 3, generator(12))
+    assert not explicit["product_svd"].any()
+    monkeypatch.setattr(E, "FINITE_DEPTH_SV_ERROR", 1e-15)
+    swept = E.finite_depth_offsets(ens, 4, 3, generator(12))
+    assert swept["product_svd"].all() and (swept["error"] <= E.FINITE_DEPTH_SVD_TOL).all()
+    for key, atol in (("offset", 1e-6), ("log_sv", 1e-6), ("delta", 1e-4)):
+        np.testing.assert_allclose(swept[key], explicit[key], rtol=0, atol=atol)
