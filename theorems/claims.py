@@ -94,7 +94,20 @@ CLAIMS: dict[str, Claim] = {
         Claim("random-pruning-scaling", "full Thm 5", "full",
               "Scaling by (1-s_n)^(-1/2) gives lim ||J~^pruned|| - ||J^iid|| ≈ 0; unscaled ||J^pruned|| ∝ "
               "Θ~_L((1-s_n)^((L-1)/2)).",
-              "Scaled: gap -> 0 in n; unscaled: per-layer slope ½ log(1-s) + gamma_1."),
+              "Scaled: gap -> 0 in n; unscaled: per-layer slope ½ log(1-s) + gamma_1.",
+              statements={
+                  "trainability": Statement(
+                      "full App. G.4, Figs 13-14",
+                      "The normalization procedure significantly improves the trainability of the network after "
+                      "pruning. The edge of stability can also be observed in terms of trainability as predicted in "
+                      "Theorem 5 (MLP of width 256 on Fashion-MNIST, learning rate 0.01).",
+                      "On the shipped 8x8 digits: ReLU MLPs of width 64 randomly pruned at init (mask kept during "
+                      "training) at s = 3/4, with and without the (1-s)^-1/2 scale, and scaled at the edge (1-s) n = 2, "
+                      "all built from one critical network per index and trained on its 16 digits by full-batch GD at "
+                      "one rate per index (1/λ_max of the unpruned critical network's loss Hessian, re-estimated every "
+                      "100 steps): at depth 8 the scaled network's training accuracy is significantly above the "
+                      "unscaled one's, and the edge network's significantly below the scaled one's at s = 3/4."),
+              }),
         Claim("edge-of-stability", "full §5.1 (after Thm 5), Fig. 3", "full",
               "When 1-s_n ~ 1/n up to a logarithmic factor the stability result no longer holds; 1-s_n >> log(n)^5/n is "
               "a sufficient condition, and 'it is highly likely that phase transition occurs at a smaller threshold'.",
@@ -109,7 +122,18 @@ CLAIMS: dict[str, Claim] = {
         Claim("correlated-weights", "full Thm 8, App. F", "full",
               "corr(W^ij, W^ml) = o(n^-1 log(n)^-3) gives lim ||J_1|| - ||J_1^iid|| ≈ 0.",
               "Gap small inside the regime; the empirical threshold eta*(n) and its exponent in n, MLP and gated model; "
-              "the paper's Fig. 5 (eta in {2^-8, 2^-7} at n = 256 keeps log||J|| within sampling error of iid for L <= 40)."),
+              "the paper's Fig. 5 (eta in {2^-8, 2^-7} at n = 256 keeps log||J|| within sampling error of iid for L <= 40).",
+              statements={
+                  "trainability": Statement(
+                      "full App. G.5, Fig. 15 (right)",
+                      "When the correlation is low, the network remains trainable for large depths, which is not the "
+                      "case for high correlation levels (MLP of width 256 on Fashion-MNIST, SGD with learning rate "
+                      "0.001, 70 epochs).",
+                      "On the shipped 8x8 digits, in the same runs as random-pruning-scaling's trainability: the "
+                      "correlated network W_2 + eta w at eta sqrt(n) = 4 (correlation 0.2, far outside Thm 8's regime) "
+                      "against the iid critical network it is built from (eta = 0): at depth 8 its training accuracy "
+                      "is significantly lower."),
+              }),
         Claim("approx-gates", "full Approx. 1", "full",
               "In the infinite-width limit the diagonal entries of D_k behave as iid Bernoulli(1/2), independent of W.",
               "Binomial test of P(d=1)=1/2; chi-square independence p-values ~ Uniform; D_l independent of W_{l+1}; the "

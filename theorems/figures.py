@@ -23,7 +23,8 @@ from .predictions import (
 )
 from .profiles import Sizes
 from .seeding import derive_seed, generator
-from .training import low_rank_regression_path, trainability_at_one_rate, trained_fixed_gates_network
+from .training import (appendix_g_variants, low_rank_regression_path, trainability_at_one_rate, trainability_of_variants,
+                       trained_fixed_gates_network)
 
 __all__ = ["write_figures"]
 
@@ -223,18 +224,20 @@ def fig_lyapunov(out, sizes, seed, device):
     ax[1].set(xscale="log", xlabel="depth L", ylabel="(1/L) log s_k",
               title=f"γ_k (dashed), γ_k + (d_k-1 - d_k)/L (dotted); n={n2}, p=1")
     ax[1].legend(fontsize=7)
-    kk = 4  # Fig. 3: the finite-depth residual times L against k, and the derived constants d_k-1 - d_k
-    for n3, p, gates, depth in ((16, 1.0, "none", 128), (64, 0.5, "bernoulli", 256)):
-        ens = Ensemble(n3, depth, sigma2=2.0, keep_prob=p, gates=gates, batch=64)
-        off = finite_depth_offsets(ens, kk, 16, g, device)["offset"]
-        line = ax[2].errorbar(range(1, kk + 1), off.mean(0), yerr=2 * off.std(0) / math.sqrt(len(off)), fmt="o", ms=4,
+    # Fig. 3: the finite-depth residual times L against k, every k (the product SVD below the explicit floor), and
+    # the derived constants d_k-1 - d_k (antisymmetric: b_n+1-k = -b_k)
+    for n3, p, gates, depth, kk in ((16, 1.0, "none", 128, 16), (32, 1.0, "none", 256, 32),
+                                    (64, 0.5, "bernoulli", 256, 4)):
+        ens = Ensemble(n3, depth, sigma2=2.0, keep_prob=p, gates=gates, batch=32)
+        off = finite_depth_offsets(ens, kk, 8, g, device)["offset"]
+        line = ax[2].errorbar(range(1, kk + 1), off.mean(0), yerr=2 * off.std(0) / math.sqrt(len(off)), fmt="o", ms=3,
                               capsize=2, label=f"E log s_k - L γ_k, n={n3}, p={p}, L={depth}")
-        ax[2].plot(range(1, kk + 1), ens.finite_depth_correction(kk), "_", ms=14, color=line[0].get_color())
+        ax[2].plot(range(1, kk + 1), ens.finite_depth_correction(kk), "_", ms=9, color=line[0].get_color())
     ax[2].axhline(0.0, color="k", ls=":", lw=0.8)
-    ax[2].set(xlabel="k", ylabel="L ((1/L) log s_k - γ_k)", xticks=range(1, kk + 1),
+    ax[2].set(xlabel="k", ylabel="L ((1/L) log s_k - γ_k)",
               title="finite-depth constants (bars: d_k-1 - d_k, derived)")
     ax[2].legend(fontsize=7)
-    _caption(fig, f"16-64 networks; seed {seed}.")
+    _caption(fig, f"16-64 networks (32 per constant, 8 frames each, ±2 standard errors); seed {seed}.")
     _save(fig, out / "lyapunov.png", bottom=0.04)
 
 
@@ -315,33 +318,47 @@ def fig_low_rank(out, sizes, seed, device):
 
 
 def fig_trainability(out, sizes, seed, device):
-    """Full App. G.5 and G.6 (Figs 15 left, 17 left) on the digits: training accuracy after a fixed budget at one rate
-    per tuple against log||J|| at init, over a grid of σ²."""
+    """Full App. G.4-G.6 (Figs 13, 15, 17 left) on the digits: training accuracy after a fixed budget at one rate
+    per index against log||J|| at init over a grid of σ² (left), and against depth for the pruned (with and without
+    the scale, and at the edge) and correlated variants of the critical network (right)."""
     plt = _plt()
     g = generator(derive_seed(seed, "fig_trainability"), device)
     depth, b, samples, steps, sigma2s = sizes["trainability"]
     res = trainability_at_one_rate(depth, sigma2s, b, samples, steps, g, device)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.2))
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(sigma2s)))
     for s2, color in zip(sigma2s, colors):
-        ax.scatter(res.log_norm0[s2], res.accuracy[s2], color=color, label=f"σ² = {s2:g}", s=18)
-    ax.axhline(0.1, color="grey", lw=0.8, ls=":")
-    ax.set(xlabel="log ||J|| at init (first training digit)", ylabel=f"training accuracy after {steps} GD steps",
-           title=f"Trainability at depth {depth} (ReLU MLP, digits)")
-    ax.legend(fontsize=7)
-    _caption(fig, f"Width 64, {samples} digits per network, {b} networks per σ² sharing directions; one rate per tuple: "
-                  f"1/λ_max of the σ² = 2 network's loss Hessian, re-estimated every 100 steps; diverged = chance (dotted); "
-                  f"seed {seed}.")
+        ax[0].scatter(res.log_norm0[s2], res.accuracy[s2], color=color, label=f"σ² = {s2:g}", s=18)
+    ax[0].axhline(0.1, color="grey", lw=0.8, ls=":")
+    ax[0].set(xlabel="log ||J|| at init (first training digit)", ylabel=f"training accuracy after {steps} GD steps",
+              title=f"Trainability at depth {depth} (ReLU MLP, digits)")
+    ax[0].legend(fontsize=7)
+    depths, vb, vsteps = sizes["trainability_variants"]
+    variants = appendix_g_variants()  # the check's (test_trainability.py)
+    runs = [trainability_of_variants(d, variants, vb, samples, vsteps, g, device, reference="critical") for d in depths]
+    for name in variants:
+        acc = np.array([r.accuracy[name] for r in runs])
+        ax[1].errorbar(depths, acc.mean(1), yerr=2 * acc.std(1, ddof=1) / math.sqrt(vb), fmt="o-", ms=4, capsize=2,
+                       label=name)
+    ax[1].axhline(0.1, color="grey", lw=0.8, ls=":")
+    ax[1].set(xlabel="depth L", ylabel=f"training accuracy after {vsteps} GD steps",
+              title="Pruned (s = 3/4; edge: (1-s)n = 2) and correlated (η√n = 4) variants")
+    ax[1].legend(fontsize=7)
+    _caption(fig, f"Width 64, {samples} digits per network; left: {b} networks per σ² sharing directions; right: {vb} "
+                  f"per variant and depth, built from one critical network each (±2 standard errors); one rate per "
+                  f"index: 1/λ_max of the critical network's loss Hessian, re-estimated every 100 steps; diverged = "
+                  f"chance (dotted); seed {seed}.")
     _save(fig, out / "trainability.png", bottom=0.06)
 
 
 SIZES = Sizes(
     quick=dict(n=128, depths=[1, 5, 10, 20, 40, 60, 80, 100], B=8, edge_widths=(32, 64, 128), train=(32, 4, 8, 200),
                align_train=(70, 16, 150, 256), low_rank=(64, 10, 10, 4, 4000),
-               trainability=(16, 6, 32, 600, (1.0, 1.4, 2.0, 2.8, 4.0))),
+               trainability=(16, 6, 32, 600, (1.0, 1.4, 2.0, 2.8, 4.0)), trainability_variants=((1, 2, 4, 8), 6, 300)),
     full=dict(n=256, depths=[1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], B=32, edge_widths=(64, 128, 256, 512),
               train=(256, 8, 8, 2000), align_train=(100, 32, 400, 512), low_rank=(64, 10, 10, 32, 12000),
-              trainability=(48, 16, 256, 3000, (1.0, 1.4, 2.0, 2.8, 4.0))),
+              trainability=(48, 16, 256, 3000, (1.0, 1.4, 2.0, 2.8, 4.0)),
+              trainability_variants=((1, 4, 8, 16, 32), 16, 2000)),
 )
 
 FIGURES = [fig_norm_vs_depth, fig_random_pruning, fig_magnitude_pruning, fig_correlation, fig_edge_of_stability,

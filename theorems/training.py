@@ -18,18 +18,19 @@ import math
 import numpy as np
 import torch
 
-from .ensembles import Factor, sample_weights
+from .ensembles import Factor, Pruning, correlated, prune_mask, sample_weights
 from .predictions import balanced_singular_value_velocity
 from .spectral import jacobian_product, log_spectral_norm
 from .validation import check_int, check_real
 
-__all__ = ["TrainingRun", "mlp_forward", "mlp_losses", "mlp_factors", "mlp_log_norm", "train_mlp", "train_masked_linear", "balance_defects",
-           "regression_data", "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network",
-           "mlp_stable_learning_rate", "train_at_largest_stable_rate", "relative_weight_change", "GateShift", "gates_after_training",
+__all__ = ["TrainingRun", "mlp_forward", "mlp_losses", "mlp_factors", "mlp_log_norm", "train_mlp", "WeightVariant",
+           "trainability_of_variants", "train_masked_linear", "balance_defects", "regression_data",
+           "stable_learning_rate", "masked_linear_loss", "trained_fixed_gates_network", "mlp_stable_learning_rate",
+           "train_at_largest_stable_rate", "relative_weight_change", "GateShift", "gates_after_training",
            "balanced_masked_network", "gradient_flow_singular_value_velocity", "masked_linear_gd_path",
            "modewise_velocity_coefficients", "top_mode_velocity_laws", "loss_sharpness", "masked_linear_sharpness",
-           "SpectrumPath", "train_masked_linear_at_half_edge", "masked_linear_gradients",
-           "low_rank_regression_path", "Trainability", "trainability_at_one_rate"]
+           "SpectrumPath", "train_masked_linear_at_half_edge", "masked_linear_gradients", "low_rank_regression_path",
+           "Trainability", "trainability_at_one_rate"]
 
 
 @dataclass
@@ -78,17 +79,21 @@ def mlp_log_norm(weights, x0) -> torch.Tensor:
 
 
 def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_ref=None,
-              record_norms: bool = True) -> TrainingRun:
+              record_norms: bool = True, masks=None) -> TrainingRun:
     """Full-batch GD on hidden weights (list of (B, n, n)) for inputs x (B, N, n), targets z (B, N, n);
     ``lr``: one learning rate, or one per network.  Records the loss and (``record_norms``; an SVD per network and
     record, which callers that use only the weights or the loss skip) log||J|| at ``x_ref`` every ``record_every``
-    steps and at the end.
+    steps and at the end.  ``masks``: per layer a 0/1 tensor like the weights, or None: pruned at initialisation, the
+    masked entries get no update and stay 0 (full App. G.4's pruned networks).
 
     A network whose loss or gradient overflows has diverged: it is frozen at its last finite weights, flagged in
     ``diverged``, and its log||J|| and loss are recorded as +inf from then on (an unbounded change, never NaN; claim
     training-stability reads it as such).  The others are unaffected (each network has its own gradient)."""
     steps = check_int("steps", steps, minimum=0)
     rates = _learning_rates(lr, weights[0].shape[0], weights[0])
+    masks = [None] * len(weights) if masks is None else list(masks)
+    if len(masks) != len(weights):
+        raise ValueError(f"masks must give one mask (or None) per layer: {len(weights)}; got {len(masks)}")
     ws = [w.detach().clone().requires_grad_(True) for w in weights]
     x_ref = x[:, 0] if x_ref is None else x_ref
     diverged = torch.zeros(weights[0].shape[0], dtype=torch.bool, device=weights[0].device)
@@ -108,10 +113,12 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
             # a per-network sum is finite iff every entry is (or it overflows: a gradient near overflow is divergence)
             diverged |= ~torch.isfinite(torch.stack([g.sum(dim=(-2, -1)) for g in grads])).all(0)
             frozen = bool(diverged.any())
-            for w, g in zip(ws, grads):
+            for w, g, mask in zip(ws, grads, masks):
                 if frozen:
                     g[diverged] = 0.0  # only the diverged networks' slices are written (a where over all cost as much
                     #                    as the update itself)
+                if mask is not None:
+                    g.mul_(mask)
                 w.addcmul_(rates, g, value=-1.0)
     return TrainingRun(np.array(rec_steps), np.array(norms) if record_norms else None, np.array(losses),
                        [w.detach() for w in ws], diverged.cpu().numpy())
@@ -583,39 +590,81 @@ def trained_fixed_gates_network(depth: int, batch: int, steps: int, samples: int
     return as_factors(ws), as_factors(trained), loss_ratio
 
 
+@dataclass(frozen=True)
+class WeightVariant:
+    """One initialisation of :func:`trainability_of_variants`, built from the shared critical weights W_2 ~ N(0, 2/n)
+    of its index: ``sqrt(σ²/2) W_2``, then the correlated shift ``+ eta w`` (:func:`theorems.ensembles.correlated`,
+    w shared by the variants of one index), then the random ``pruning`` mask (one mask per sparsity and index, shared
+    by the variants that prune at that sparsity; the mask stays during training) times its scale."""
+
+    sigma2: float = 2.0
+    pruning: Pruning | None = None
+    eta: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "sigma2", check_real("sigma2", self.sigma2, low=0.0, low_open=True))
+        object.__setattr__(self, "eta", check_real("eta", self.eta, low=0.0))
+        if self.pruning is not None and self.pruning.kind != "random":
+            raise ValueError(f"pruning must be random (a mask independent of W); got {self.pruning.kind!r}")
+
+
+def appendix_g_variants(width: int = 64, sparsity: float = 0.75, edge_degree: int = 2,
+                        eta_sqrt_n: float = 4.0) -> dict:
+    """The variants of full App. G.4-G.5 (Figs 13-15) that :func:`trainability_of_variants` trains side by side,
+    all built from one critical network per index (the first, the reference): random pruning at ``sparsity`` without
+    and with the (1-s)^-1/2 scale (they share the mask), the scaled network at the edge of stability (1-s) n =
+    ``edge_degree`` (full Thm 5: 1 - s ~ 1/n), and the correlated network at eta = ``eta_sqrt_n``/sqrt(n) (correlation
+    eta²/(1 + eta²): 0.2 at n = 64, far outside Thm 8's o(1/(n log³ n))).  Defaults: the suite's check and figure."""
+    edge = 1 - check_int("edge_degree", edge_degree, maximum=width) / width
+
+    def scaled(s):
+        return Pruning("random", s, (1 - s) ** -0.5)
+
+    return {"critical": WeightVariant(),
+            "pruned, unscaled": WeightVariant(pruning=Pruning("random", sparsity)),
+            "pruned, scaled": WeightVariant(pruning=scaled(sparsity)),
+            "edge, scaled": WeightVariant(pruning=scaled(edge)),
+            "correlated": WeightVariant(eta=check_real("eta_sqrt_n", eta_sqrt_n, low=0.0) / math.sqrt(width))}
+
+
 @dataclass
 class Trainability:
-    """Training accuracies after a fixed budget (:func:`trainability_at_one_rate`)."""
+    """Training accuracies after a fixed budget (:func:`trainability_of_variants`)."""
 
-    accuracy: dict  # σ² -> (B,) training accuracy on each network's own digits; 1/10 (chance) where it diverged
-    diverged: dict  # σ² -> (B,) bool
-    rates: np.ndarray  # (budget / every, B) the rate of each triple over training
-    log_norm0: dict  # σ² -> (B,) log||J|| at init, at each network's first training digit (Fig. 17's abscissa)
+    accuracy: dict  # variant -> (B,) training accuracy on each network's own digits; 1/10 (chance) where it diverged
+    diverged: dict  # variant -> (B,) bool
+    rates: np.ndarray  # (budget / every, B) the rate of each index over training
+    log_norm0: dict  # variant -> (B,) log||J|| at init, at each network's first training digit (Fig. 17's abscissa)
+    loss: dict  # variant -> (B,) the training loss after the budget (mlp_losses); +inf where it diverged
 
 
-def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, steps: int, gen, device="cpu", *,
-                             reference: float = 2.0, every: int = 100, iters: int = 10,
-                             refresh_iters: int = 3) -> Trainability:
-    """Full App. G.5 (Fig. 15 left) on the shipped digits: ReLU MLPs (full eq. (1), width 64, one-hot targets:
-    :func:`regression_data`) at each σ² of ``sigma2s``, the networks of one index sharing their weights' directions
-    (W = sqrt(σ²/σ²_ref) W_ref: common random numbers) and their ``samples`` training digits, trained by full-batch GD
-    (:func:`train_mlp`) with one learning rate per such tuple: 1/λ_max of the ``reference`` network's loss Hessian
-    (half its edge of stability; :func:`loss_sharpness`), re-estimated every ``every`` steps (``iters`` power steps
-    first, ``refresh_iters`` warm-started ones after; the paper trains every σ² at one rate).  Returns each network's
-    training accuracy (argmax of the 10 class outputs) after ``steps`` steps; a network whose loss or gradient
-    overflowed has not trained: chance, 1/10 (claim critical-init, statement trainability)."""
-    sigma2s = [check_real("sigma2s", s, low=0.0, low_open=True) for s in sigma2s]
-    reference = check_real("reference", reference, low=0.0, low_open=True)
-    if reference not in sigma2s:
-        raise ValueError(f"reference must be one of sigma2s {sigma2s}; got {reference}")
+def trainability_of_variants(depth: int, variants: dict, batch: int, samples: int, steps: int, gen, device="cpu", *,
+                             reference, every: int = 100, iters: int = 10, refresh_iters: int = 3) -> Trainability:
+    """Full App. G.4-G.5 (Figs 13-15) on the shipped digits: ReLU MLPs (full eq. (1), width 64, one-hot targets:
+    :func:`regression_data`), one per :class:`WeightVariant` of ``variants`` (name -> variant) and index, the
+    variants of one index built from the same critical weights (common random numbers) and trained on the same
+    ``samples`` digits by full-batch GD (:func:`train_mlp`) with one learning rate per index: 1/λ_max of the loss
+    Hessian of the ``reference`` variant's network (half its edge of stability; :func:`loss_sharpness`),
+    re-estimated every ``every`` steps (``iters`` power steps first, ``refresh_iters`` warm-started ones after; the
+    paper trains every variant at one rate).  Returns each network's training accuracy (argmax of the 10 class
+    outputs) and training loss after ``steps`` steps; a network whose loss or gradient overflowed has not trained:
+    chance, 1/10 (its loss +inf)."""
+    names = list(variants)
+    if reference not in variants:
+        raise ValueError(f"reference must be one of the variants {names}; got {reference!r}")
+    for name, v in variants.items():
+        if not isinstance(v, WeightVariant):
+            raise ValueError(f"variants must map names to WeightVariant; got {type(v).__name__} for {name!r}")
     steps, every = check_int("steps", steps, minimum=1), check_int("every", every, minimum=1)
     if steps % every:
         raise ValueError(f"steps must be a multiple of every ({every}); got {steps}")
-    n, b, k = 64, check_int("batch", batch, minimum=1), len(sigma2s)
+    n, b, k = 64, check_int("batch", batch, minimum=1), len(names)
     x, z = regression_data("digits", b, samples, n, gen, device)
-    ref = sigma2s.index(reference)
-    base = [sample_weights(b, n, reference, gen, device=device) for _ in range(depth)]
-    ws = [torch.cat([w * math.sqrt(s / reference) for s in sigma2s]) for w in base]
+    ref = names.index(reference)
+    base = [sample_weights(b, n, 2.0, gen, device=device) for _ in range(depth)]
+    layers = [_variant_layer(w, [variants[m] for m in names], gen) for w in base]
+    ws, masks = [w for w, _ in layers], [m for _, m in layers]
+    masks = masks if any(m is not None for m in masks) else None
     xs, zs = x.repeat(k, 1, 1), z.repeat(k, 1, 1)
 
     diverged, rates = np.zeros(k * b, dtype=bool), []
@@ -626,13 +675,50 @@ def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, step
                                           iters if chunk == 0 else refresh_iters)
         rate = (1.0 / lam).cpu().numpy()  # a reference network that diverged keeps a vanishing rate, never 0 or NaN
         rates.append(np.where(np.isfinite(rate) & (rate > 0), rate, np.finfo(np.float64).tiny))
-        run = train_mlp(ws, xs, zs, np.tile(rates[-1], k), every, record_every=every, record_norms=False)
+        run = train_mlp(ws, xs, zs, np.tile(rates[-1], k), every, record_every=every, record_norms=False, masks=masks)
         ws, diverged = run.weights, diverged | run.diverged
     with torch.no_grad():
         right = mlp_forward(ws, xs)[-1][..., :10].argmax(-1) == zs[..., :10].argmax(-1)
     accuracy = np.where(diverged, 0.1, right.to(torch.float64).mean(-1).cpu().numpy())
-    split = lambda a: {s: a[i * b:(i + 1) * b] for i, s in enumerate(sigma2s)}  # noqa: E731
-    return Trainability(split(accuracy), split(diverged), np.array(rates), split(log_norm0))
+    split = lambda a: {m: a[i * b:(i + 1) * b] for i, m in enumerate(names)}  # noqa: E731
+    return Trainability(split(accuracy), split(diverged), np.array(rates), split(log_norm0), split(run.loss[-1]))
+
+
+def _variant_layer(w2: torch.Tensor, variants: list, gen):
+    """One layer of every variant (concatenated along the batch) and its training mask (None if nothing is pruned):
+    :class:`WeightVariant`.  Draws the shared shift only if a variant is correlated and one mask per sparsity."""
+    shift = (torch.randn((w2.shape[0], 1, 1), generator=gen, device=w2.device, dtype=w2.dtype)
+             if any(v.eta for v in variants) else None)
+    by_sparsity = {}
+    for v in variants:
+        if v.pruning is not None and v.pruning.sparsity not in by_sparsity:
+            by_sparsity[v.pruning.sparsity] = prune_mask(w2, v.pruning, gen)
+    weights, masks = [], []
+    for v in variants:
+        w = w2 * math.sqrt(v.sigma2 / 2.0)
+        if v.eta:
+            w = correlated(w, v.eta, shift, v.sigma2)
+        if v.pruning is not None:
+            w = w * by_sparsity[v.pruning.sparsity] * v.pruning.scale
+        weights.append(w)
+        masks.append(by_sparsity[v.pruning.sparsity] if v.pruning is not None else None)
+    if not by_sparsity:
+        return torch.cat(weights), None
+    return torch.cat(weights), torch.cat([torch.ones_like(w2) if m is None else m for m in masks])
+
+
+def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, steps: int, gen, device="cpu", *,
+                             reference: float = 2.0, every: int = 100, iters: int = 10,
+                             refresh_iters: int = 3) -> Trainability:
+    """Full App. G.5 (Fig. 15 left): :func:`trainability_of_variants` over σ² (keys: the σ² values), the networks of
+    one index sharing their weights' directions (W = sqrt(σ²/2) W_2) with the rate of the ``reference`` σ² (claim
+    critical-init, statement trainability)."""
+    sigma2s = [check_real("sigma2s", s, low=0.0, low_open=True) for s in sigma2s]
+    reference = check_real("reference", reference, low=0.0, low_open=True)
+    if reference not in sigma2s:
+        raise ValueError(f"reference must be one of sigma2s {sigma2s}; got {reference}")
+    return trainability_of_variants(depth, {s: WeightVariant(sigma2=s) for s in sigma2s}, batch, samples, steps, gen,
+                                    device, reference=reference, every=every, iters=iters, refresh_iters=refresh_iters)
 
 
 @dataclass

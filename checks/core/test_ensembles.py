@@ -348,3 +348,39 @@ def test_trainability_runs_share_directions_data_and_one_rate_per_tuple(rng):
         trainability_at_one_rate(3, (1.0, 4.0), 2, 8, 10, rng, every=10)
     with pytest.raises(ValueError, match="multiple of every"):
         trainability_at_one_rate(3, (2.0,), 2, 8, 15, rng, every=10)
+
+
+def test_pruned_and_correlated_variants_share_the_critical_weights_and_keep_their_masks(rng):
+    """:func:`theorems.training.trainability_of_variants`: variants of one index are built from the same critical
+    weights (a pruned variant is the critical one times its mask and scale; the scaled and unscaled variants at one
+    sparsity share the mask; a correlated one is W_2 + eta w with w shared), and training keeps pruned weights at 0."""
+    from theorems.ensembles import Pruning
+    from theorems.training import WeightVariant, _variant_layer, train_mlp, trainability_of_variants
+
+    s = 0.75
+    variants = [WeightVariant(), WeightVariant(pruning=Pruning("random", s)),
+                WeightVariant(pruning=Pruning("random", s, (1 - s) ** -0.5)), WeightVariant(eta=0.5),
+                WeightVariant(sigma2=1.0)]
+    w2 = torch.randn(3, 8, 8, generator=rng, dtype=torch.float64) * 0.5
+    w, mask = _variant_layer(w2, variants, rng)
+    crit, unscaled, scaled, corr, half = w.split(3)
+    keep = mask[3:6]
+    assert torch.equal(mask[:3], torch.ones_like(w2)) and torch.equal(mask[6:9], keep)
+    assert torch.equal(unscaled, w2 * keep) and torch.allclose(scaled, w2 * keep * 2.0)
+    shift = corr - crit  # one number per network, the same in every entry
+    assert torch.allclose(shift, shift[:, :1, :1].expand_as(shift)) and (shift[:, 0, 0] != 0).all()
+    assert torch.allclose(half, crit / 2 ** 0.5, rtol=1e-15, atol=0)
+    x = torch.randn(15, 4, 8, generator=rng, dtype=torch.float64)
+    z = torch.randn(15, 4, 8, generator=rng, dtype=torch.float64)
+    run = train_mlp([w, w.clone()], x, z, 1e-2, 5, record_norms=False, masks=[mask, None])
+    assert torch.equal(run.weights[0][mask == 0], torch.zeros_like(run.weights[0][mask == 0]))
+    assert not torch.equal(run.weights[0][mask == 1], w[mask == 1])
+    out = trainability_of_variants(3, {"critical": variants[0], "pruned": variants[2]}, 2, 8, 10, rng,
+                                   reference="critical", every=10)
+    assert set(out.accuracy) == {"critical", "pruned"} and out.rates.shape == (1, 2)
+    with pytest.raises(ValueError, match="reference"):
+        trainability_of_variants(3, {"a": variants[0]}, 2, 8, 10, rng, reference="b", every=10)
+    with pytest.raises(ValueError, match="pruning must be random"):
+        WeightVariant(pruning=Pruning("magnitude", 0.5))
+    with pytest.raises(ValueError, match="masks must give one mask"):
+        train_mlp([w], x, z, 1e-2, 1, masks=[mask, None])
