@@ -73,7 +73,7 @@ CLAIMS: dict[str, Claim] = {
                       "full-batch GD for 500 steps with one learning rate per triple, 1/λ_max of the critical "
                       "network's loss Hessian re-estimated every 100 steps (the paper's one rate for all σ²): at "
                       "depth 16 the critical network's training accuracy is significantly above both others'; at "
-                      "depth 2 all three train (control)."),
+                      "depth 1 all three train (control)."),
               }),
         Claim("free-limit", "full App. A (proof of Thm 7)", "full",
               "Thm 7 is proved by comparing ||J_k^pruned|| and ||J_k|| with the norm of their common free-probability "
