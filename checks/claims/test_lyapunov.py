@@ -518,7 +518,7 @@ class TrainedAlignment(NamedTuple):
 #: quick profile asserts only the main check, whose detectable discrepancy at the default seed grows from 0.094 to
 #: 0.145 (the model error, the bound of the window change on the other half, dominates: 0.074 -> 0.113); 18 s
 #: instead of 32 s with one worker.  Both quick runs then went to 60 steps (from 150 and 100: the weights move by about
-#: 1e-4 relative instead of 3e-4 and 2e-4; in the quick profile both models are trained only a little, which the
+#: 2e-4 (gated) and 1.4e-4 (ReLU) relative instead of 2.8e-4 and 1.9e-4; in the quick profile both models are trained only a little, which the
 #: recorded weight change and loss ratio say, and the check is the pipeline's smoke test with its main statistic): the
 #: full profile's 400 steps and 512 networks carry the controls.
 TRAINED_ALIGNMENT = Sizes(quick=dict(gated=TrainedAlignment(90, (10, 35, 60), 32, 60, 256),
