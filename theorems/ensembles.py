@@ -54,6 +54,10 @@ class Factor(NamedTuple):
     weight: torch.Tensor
     gate: torch.Tensor | None
 
+    def select(self, index) -> "Factor":
+        """The factor of the networks ``index`` picks (a boolean mask or indices over the batch)."""
+        return Factor(self.weight[index], None if self.gate is None else self.gate[index])
+
 
 @dataclass(frozen=True)
 class Pruning:

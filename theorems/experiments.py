@@ -421,8 +421,7 @@ def finite_depth_offsets(ens: Ensemble, k: int, frames: int, gen, device="cpu") 
         error = torch.zeros(b, dtype=torch.float64, device=device)
         deep = ~resolvable(log_sv, relative_error=FINITE_DEPTH_SV_ERROR).all(-1)
         if bool(deep.any()):
-            svd = product_svd([Factor(f.weight[deep], None if f.gate is None else f.gate[deep]) for f in factors], k,
-                              frame=start[deep, 0], tol=FINITE_DEPTH_SVD_TOL)
+            svd = product_svd([f.select(deep) for f in factors], k, frame=start[deep, 0], tol=FINITE_DEPTH_SVD_TOL)
             log_sv[deep], right[deep], error[deep] = svd.log_sv, svd.right, svd.error
         overlap = right.mT[:, None] @ start  # (b, frames, k, k): V^T Q per frame
         log_det = torch.stack([torch.linalg.slogdet(overlap[..., :j, :j])[1] for j in range(1, k + 1)], dim=-1)

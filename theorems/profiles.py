@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["Profile", "Sizes", "Window", "WidthSweep", "product_flops", "training_flops", "SAMPLE_FLOPS",
+__all__ = ["Profile", "Sizes", "Window", "WidthSweep", "TrainabilitySizes", "product_flops", "training_flops", "SAMPLE_FLOPS",
            "ACHIEVED_FRACTION", "gemm_rate"]
 
 
@@ -55,6 +55,17 @@ class WidthSweep(NamedTuple):
     batch: Any
     l1: int
     l2: int
+
+
+class TrainabilitySizes(NamedTuple):
+    """A trainability comparison (full App. G.4-G.5): the depth where the variants are compared, the shallow depth of
+    the negative controls (where every variant trains), networks per variant, training digits per network, GD steps."""
+
+    depth: int
+    shallow: int
+    batch: int
+    samples: int
+    steps: int
 
 
 # --- cost model (the CPU time estimate of ``--profile full``, conftest.py) -----------------------------------------

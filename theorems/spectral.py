@@ -454,7 +454,7 @@ def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | 
         if 2 * int((~done[subset]).sum()) <= len(subset):  # sweep only the unconverged once they are half or fewer
             keep = ~done[subset]
             subset = subset[keep]
-            factors = [Factor(f.weight[keep], None if f.gate is None else f.gate[keep]) for f in factors]
+            factors = [f.select(keep) for f in factors]
     return ProductSVD(log_sv, right, left, sweep, error)
 
 

@@ -1,7 +1,6 @@
 """critical-init (full Thm 1) and free-limit (stability theorem, full App. A) at initialization."""
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from theorems.predictions import (
     gated_moments,
     masked_product_edge,
 )
-from theorems.profiles import Sizes, Window, product_flops, training_flops
+from theorems.profiles import Sizes, TrainabilitySizes, Window, product_flops, training_flops
 from theorems.stats import (FALSE_FAIL_RATE, compare, compare_at_most, compare_below, control_variate_mean, extrapolate,
                             fit_slope, intercept_shift, mean_estimate)
 from theorems.training import trainability_at_one_rate
@@ -124,14 +123,6 @@ def test_printed_rate_L_times_half_sigma2_to_the_L(depth_window, rng, device, ve
     printed = math.log(sigma2 / 2) + (math.log(l2) - math.log(l1)) / (l2 - l1)
     err = slope_model_error(n, l1, l2) + abs(ens.lyapunov_exponents(1)[0] - ens.free_log_rate())
     verdict.check(compare("per-layer slope vs printed log(σ²/2)", est, printed, model_error=err))
-
-
-class TrainabilitySizes(NamedTuple):
-    depth: int  # where σ² = 1 and 4 no longer train in the budget
-    shallow: int  # where all three train (the control)
-    batch: int  # networks per σ²
-    samples: int  # training digits per network
-    steps: int
 
 
 #: Pilot (seed 5, 8 triples): at depth 16 after 600 steps the critical networks' training accuracy is 0.53-0.88 (mean

@@ -3,12 +3,10 @@ correlated-weights, statements ``trainability``): pruning with and without the (
 stability, and strong weight correlation, each against the critical network the variant is built from.  The σ²
 relation (Fig. 15 left) is critical-init's, in test_initialization.py."""
 
-from typing import NamedTuple
-
 import numpy as np
 import pytest
 
-from theorems.profiles import Sizes, training_flops
+from theorems.profiles import Sizes, TrainabilitySizes, training_flops
 from theorems.stats import compare, compare_at_most, compare_below, mean_estimate
 from theorems.training import appendix_g_variants, trainability_of_variants
 
@@ -18,14 +16,6 @@ WIDTH = 64
 #: edge (1-s) n = 2, correlated at eta sqrt(n) = 4; all built from the critical network, the reference whose 1/λ_max
 #: sets the index's rate.
 VARIANTS = appendix_g_variants(WIDTH)
-
-
-class TrainabilitySizes(NamedTuple):
-    depth: int
-    shallow: int  # the negative controls' depth
-    batch: int  # indices (networks per variant)
-    samples: int  # training digits per network
-    steps: int
 
 
 #: Pilot (seed 1, 16 indices, depth 8, 300 steps, 16 digits): training accuracy 0.95 (critical), 0.15 (pruned,
