@@ -26,8 +26,11 @@ __all__ = ["SUITE_FALSE_FAIL_RATE", "ASSERTION_SLOTS", "PER_ASSERTION_RATE", "bu
 #: P(any spurious failure) for one whole run of the suite, quick or full profile.
 SUITE_FALSE_FAIL_RATE = 0.01
 
-#: Upper bound on the statistical assertions (slots) one run makes, in either profile (quick uses about 200).
-ASSERTION_SLOTS = 250
+#: Upper bound on the statistical assertions (slots) one run makes, in either profile, library tests included: the
+#: quick run of ``checks`` used 251 at the start of session 19 (207 in ``checks/claims``, 44 in ``checks/core``); the
+#: full profile adds about 60 (its extra cases at each function's quick count, and the controls that only the full
+#: profile asserts), so about 310; the rest is room for new checks.  It was 250 until the quick run outgrew it.
+ASSERTION_SLOTS = 400
 
 #: The false-fail rate of one slot: the level of every interval and classical test in the suite.
 PER_ASSERTION_RATE = SUITE_FALSE_FAIL_RATE / ASSERTION_SLOTS

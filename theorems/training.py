@@ -86,42 +86,75 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
     steps and at the end.  ``masks``: per layer a 0/1 tensor like the weights, or None: pruned at initialisation, the
     masked entries get no update and stay 0 (full App. G.4's pruned networks).
 
-    A network whose loss or gradient overflows has diverged: it is frozen at its last finite weights, flagged in
-    ``diverged``, and its log||J|| and loss are recorded as +inf from then on (an unbounded change, never NaN; claim
-    training-stability reads it as such).  The others are unaffected (each network has its own gradient)."""
+    One step is one forward pass and a hand-written backward (:func:`_gd_increments`) whose output-layer error
+    already carries each network's rate, so that every layer's update is one fused ``W <- W - delta^T h``
+    (``baddbmm``): the gradient is never written out.  A network whose loss overflows, or whose update could
+    (:data:`OVERFLOW_BOUND`), has diverged: it is frozen at its last finite weights, flagged in ``diverged``, and its
+    log||J|| and loss are recorded as +inf from then on (an unbounded change, never NaN; claim training-stability
+    reads it as such).  The others are unaffected (each network has its own gradient)."""
     steps = check_int("steps", steps, minimum=0)
     rates = _learning_rates(lr, weights[0].shape[0], weights[0])
     masks = [None] * len(weights) if masks is None else list(masks)
     if len(masks) != len(weights):
         raise ValueError(f"masks must give one mask (or None) per layer: {len(weights)}; got {len(masks)}")
-    ws = [w.detach().clone().requires_grad_(True) for w in weights]
+    ws = [w.detach().clone() for w in weights]
     x_ref = x[:, 0] if x_ref is None else x_ref
+    scale = rates / (x.shape[-1] * x.shape[1])  # d loss / d Y_L = (Y_L - z) / (n N), times each network's rate
     diverged = torch.zeros(weights[0].shape[0], dtype=torch.bool, device=weights[0].device)
     rec_steps, norms, losses = [], [], []
-    for t in range(steps + 1):
-        per_net = mlp_losses(ws, x, z)
-        diverged |= ~torch.isfinite(per_net)
-        if t % record_every == 0 or t == steps:
-            rec_steps.append(t)
-            losses.append(torch.where(diverged, math.inf, per_net.detach()).cpu().numpy())
-            if record_norms:
-                norms.append(torch.where(diverged, math.inf, mlp_log_norm(ws, x_ref)).cpu().numpy())
-        if t == steps:
-            break
-        grads = torch.autograd.grad(per_net.sum(), ws)  # a diverged network's inf/NaN stays in its own slice
-        with torch.no_grad():
-            # a per-network sum is finite iff every entry is (or it overflows: a gradient near overflow is divergence)
-            diverged |= ~torch.isfinite(torch.stack([g.sum(dim=(-2, -1)) for g in grads])).all(0)
-            frozen = bool(diverged.any())
-            for w, g, mask in zip(ws, grads, masks):
-                if frozen:
-                    g[diverged] = 0.0  # only the diverged networks' slices are written (a where over all cost as much
-                    #                    as the update itself)
+    with torch.no_grad():
+        for t in range(steps + 1):
+            hs, y = _relu_activations(ws, x)
+            per_net = ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * x.shape[-1] * x.shape[1])  # :func:`mlp_losses`
+            diverged |= ~torch.isfinite(per_net)
+            if t % record_every == 0 or t == steps:
+                rec_steps.append(t)
+                losses.append(torch.where(diverged, math.inf, per_net).cpu().numpy())
+                if record_norms:
+                    norms.append(torch.where(diverged, math.inf, mlp_log_norm(ws, x_ref)).cpu().numpy())
+            if t == steps:
+                break
+            deltas = _gd_increments(ws, hs, (y - z) * scale)
+            diverged |= ~(_increment_bound(deltas, hs) < OVERFLOW_BOUND)  # NaN and inf included
+            if bool(diverged.any()):  # only the diverged networks' slices are written (a where over all cost as much
+                for d, h in zip(deltas, hs):  # as the update itself); their inf/NaN would reach 0 x inf = NaN
+                    d[diverged], h[diverged] = 0.0, 0.0
+            for w, d, h, mask in zip(ws, deltas, hs, masks):
+                w.baddbmm_(d.mT, h, alpha=-1.0)
                 if mask is not None:
-                    g.mul_(mask)
-                w.addcmul_(rates, g, value=-1.0)
-    return TrainingRun(np.array(rec_steps), np.array(norms) if record_norms else None, np.array(losses),
-                       [w.detach() for w in ws], diverged.cpu().numpy())
+                    w.mul_(mask)  # W was 0 where masked: (W - step) x mask = W - step x mask
+    return TrainingRun(np.array(rec_steps), np.array(norms) if record_norms else None, np.array(losses), ws,
+                       diverged.cpu().numpy())
+
+
+#: A network whose GD increment may reach this size in some entry (``N max|delta| max|h|``, a bound) has left every
+#: bounded set: :func:`train_mlp` flags it as diverged before the update could overflow.
+OVERFLOW_BOUND = 1e300
+
+
+def _relu_activations(ws, x):
+    """The forward pass that the backward needs: ``h_k = relu(Y_k)`` for k = 0..L-1 (the input of W_{k+1}) and
+    Y_L."""
+    hs = [torch.relu(x)]
+    for w in ws[:-1]:
+        hs.append(torch.relu(hs[-1] @ w.mT))
+    return hs, hs[-1] @ ws[-1].mT
+
+
+def _gd_increments(ws, hs, delta_out):
+    """Backpropagation of the (rate-scaled) output error ``delta_L = lr dloss/dY_L`` through Y_k = W_k relu(Y_k-1):
+    ``delta_k = (delta_k+1 W_k+1) * 1{Y_k > 0}``, from the weights before the step; the step of W_k is
+    ``delta_k^T h_k-1`` (returned per layer, input side first)."""
+    deltas = [delta_out]
+    for w, h in zip(ws[:0:-1], hs[:0:-1]):
+        deltas.append((deltas[-1] @ w) * (h > 0))
+    return deltas[::-1]
+
+
+def _increment_bound(deltas, hs) -> torch.Tensor:
+    """Per network (B,): an upper bound ``N max|delta_k| max|h_k-1|`` over layers on any entry of a GD increment."""
+    return torch.stack([d.abs().amax(dim=(-2, -1)) * h.abs().amax(dim=(-2, -1)) for d, h in zip(deltas, hs)]
+                       ).amax(0) * hs[0].shape[-2]
 
 
 def train_at_largest_stable_rate(weights, x, z, rates, steps: int, *, record_every: int = 1,

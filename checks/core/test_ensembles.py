@@ -48,6 +48,33 @@ def test_training_factors_are_the_autograd_jacobian():
     torch.testing.assert_close(product, autograd_jacobians(weights, x), rtol=1e-10, atol=1e-12)
 
 
+def test_fused_gd_steps_are_autograds_gradient_descent():
+    """:func:`theorems.training.train_mlp` backpropagates by hand and fuses each update into one ``baddbmm``: its
+    weights and losses are those of plain GD on autograd's gradient of :func:`theorems.training.mlp_losses`
+    (per-network rates, several samples, a pruning mask), to rounding."""
+    from theorems.training import mlp_losses, train_mlp
+    n, depth, batch, samples, steps = 10, 5, 3, 4, 12
+    gen = generator(12, "cpu")
+    weights = [torch.randn(batch, n, n, generator=gen, dtype=torch.float64) * (2 / n) ** 0.5 for _ in range(depth)]
+    mask = (torch.rand(batch, n, n, generator=gen, dtype=torch.float64) > 0.3).to(torch.float64)
+    weights[1] = weights[1] * mask
+    x, z = (torch.randn(batch, samples, n, generator=gen, dtype=torch.float64) for _ in range(2))
+    lr = torch.tensor([0.05, 0.1, 0.2], dtype=torch.float64)
+    run = train_mlp(weights, x, z, lr, steps, record_every=1, record_norms=False, masks=[None, mask, None, None, None])
+    ws = [w.clone().requires_grad_(True) for w in weights]
+    for t in range(steps + 1):
+        loss = mlp_losses(ws, x, z)
+        np.testing.assert_allclose(run.loss[t], loss.detach().numpy(), rtol=1e-12)
+        if t < steps:
+            grads = torch.autograd.grad(loss.sum(), ws)
+            with torch.no_grad():
+                for layer, (w, g) in enumerate(zip(ws, grads)):
+                    w -= lr.reshape(-1, 1, 1) * (g * mask if layer == 1 else g)
+    for w, w_ref in zip(run.weights, ws):
+        torch.testing.assert_close(w, w_ref.detach(), rtol=1e-12, atol=1e-14)
+    assert torch.equal(run.weights[1] * (1 - mask), torch.zeros_like(mask))  # pruned entries never move
+
+
 def test_a_diverging_network_is_flagged_frozen_and_leaves_the_others_alone():
     """:func:`theorems.training.train_mlp`: a network whose GD overflows is an unbounded change (log||J|| = +inf from
     then on, never NaN, weights frozen finite), and the networks beside it train exactly as they would alone."""
