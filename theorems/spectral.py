@@ -37,6 +37,8 @@ __all__ = [
     "product_svd",
     "cholesky_qr2",
     "qr_log_diagonal",
+    "annihilated",
+    "QR_RANK_TOL",
     "QR_METHODS",
     "log_norm_of_image",
     "suffix_products",
@@ -221,7 +223,7 @@ class LyapunovEstimate:
     """QR estimate of the top-k Lyapunov exponents of B products of depth L.
 
     ``log_r``: (B, k) sums over layers of ``log |R_ii|``; ``exponents = log_r / L``.
-    Row i is -inf where the product's rank fell below i somewhere (a collapse).
+    Entry i is -inf where the product's rank fell below i at some layer (:func:`annihilated`; a collapse).
     """
 
     log_r: torch.Tensor
@@ -281,6 +283,23 @@ def qr_log_diagonal(z: torch.Tensor, qr: str = "auto") -> tuple[torch.Tensor, to
     return q, torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))
 
 
+#: A layer whose QR leaves ``|R_jj|`` below this fraction of its largest ``|R_ii|`` annihilates the j-th direction of
+#: the frame (a closed gate, a zero column): the product's rank is below j, and the QR flows (:func:`lyapunov_qr`,
+#: :func:`product_svd`) report ``-inf`` for direction j onwards instead of the rounding level (Householder leaves
+#: ~ eps sqrt(n) ||F Q||, and later layers rebuild an arbitrary direction at O(1)).  A Gaussian layer's R_jj (chi
+#: with >= 1 degree of freedom) falls below it with probability ~1e-12.
+QR_RANK_TOL = 1e-12
+
+
+def annihilated(log_diagonal: torch.Tensor) -> torch.Tensor:
+    """The frame directions one QR step annihilated (bool, like ``log|diag R|``): ``|R_jj|`` below
+    :data:`QR_RANK_TOL` of the step's largest, and every later direction with it (the volumes are nested: a rank
+    below j is a rank below j + 1).  A QR flow ORs them over its layers; an all-zero layer leaves ``-inf``
+    everywhere by itself."""
+    low = log_diagonal < log_diagonal.amax(dim=-1, keepdim=True) + math.log(QR_RANK_TOL)
+    return torch.cummax(low.to(torch.int8), dim=-1).values.bool()
+
+
 def lyapunov_qr(
     factors: Iterable[Factor],
     k: int,
@@ -302,7 +321,7 @@ def lyapunov_qr(
     if qr not in QR_METHODS:
         raise ValueError(f"qr must be one of {QR_METHODS}; got {qr!r}")
     q = frame
-    log_r = None
+    log_r = lost = None
     out = {}
     wanted = set(checkpoints or ())
     depth = 0
@@ -313,14 +332,14 @@ def lyapunov_qr(
                 raise ValueError(f"k must be an integer in [1, {w.shape[-1]}]; got {k}")
             q = haar_frame(w.shape[0], w.shape[-1], k, generator, device=w.device, dtype=w.dtype)
         q, inc = qr_log_diagonal(apply_factor(factor, q), qr)
-        log_r = inc if log_r is None else log_r + inc
+        log_r, lost = (inc, annihilated(inc)) if log_r is None else (log_r + inc, lost | annihilated(inc))
         if depth in wanted:
-            out[depth] = LyapunovEstimate(log_r.clone(), depth)
+            out[depth] = LyapunovEstimate(torch.where(lost, -math.inf, log_r), depth)
     if log_r is None:
         raise ValueError("factors must contain at least one layer (depth >= 1)")
     if checkpoints is not None:
         return out
-    return LyapunovEstimate(log_r, depth)
+    return LyapunovEstimate(torch.where(lost, -math.inf, log_r), depth)
 
 
 def apply_factor_transpose(factor: Factor, x: torch.Tensor) -> torch.Tensor:
@@ -353,13 +372,6 @@ def _sweep_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     same = new == old  # -inf == -inf: a collapsed direction stays collapsed
     diff = torch.where(same, torch.zeros_like(new), (new - old).abs())
     return torch.nan_to_num(diff, nan=math.inf).amax(dim=-1)
-
-
-#: A layer whose QR leaves ``|R_jj|`` below this fraction of its largest ``|R_ii|`` annihilates the j-th direction of
-#: the frame (a closed gate, a zero column): the product's rank is below j, and :func:`product_svd` reports
-#: ``log s_j = -inf`` onwards instead of the rounding level (Householder leaves ~ eps sqrt(n) ||F Q||).  A Gaussian
-#: layer's R_jj (chi with >= 1 degree of freedom) falls below it with probability ~1e-12.
-PRODUCT_RANK_TOL = 1e-12
 
 
 def _frame_change(new: torch.Tensor, old: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
@@ -397,7 +409,7 @@ def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | 
     at most ``tol``, or after ``max_sweeps`` (``error`` then says how far it is; callers check it).  Each network stops on its own: a
     near tie s_j ≈ s_j+1 converges slowly (rate (s_j+1/s_j)^4 per pair) and only its network keeps sweeping.
 
-    A layer that annihilates the frame's j-th direction (``|R_jj|`` below :data:`PRODUCT_RANK_TOL` of its largest: a
+    A layer that annihilates the frame's j-th direction (``|R_jj|`` below :data:`QR_RANK_TOL` of its largest: a
     product of rank below j, e.g. fewer than j open gates) gives ``log s_j = ... = log s_k = -inf``; an all-zero
     layer makes every value -inf (a collapse).  Convergence is judged on the finite values.
 
@@ -430,10 +442,8 @@ def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | 
         for factor in factors:
             q, inc = qr_log_diagonal(apply_factor(factor, q), qr)
             total = total + inc
-            low = inc < inc.amax(dim=-1, keepdim=True) + math.log(PRODUCT_RANK_TOL)
-            lost = low if lost is None else lost | low
-        # a lost j-volume is a rank below j: s_j, ..., s_k = 0 (nested volumes)
-        total = torch.where(torch.cummax(lost.to(torch.int8), dim=-1).values.bool(), -math.inf, total)
+            lost = annihilated(inc) if lost is None else lost | annihilated(inc)
+        total = torch.where(lost, -math.inf, total)  # a rank below j: s_j, ..., s_k = 0
         going = ~done[subset]  # a converged network keeps its results (its factors may still be swept)
         rows, total = subset[going], total[going]
         left[rows] = q[going]

@@ -328,7 +328,7 @@ def test_product_svd_keeps_relative_accuracy_far_below_the_explicit_floor():
 def test_product_svd_reports_rank_loss_and_collapse_as_minus_infinity():
     """A gate that closes all but 3 units caps the rank at 3: log s_4.. = -inf (not the rounding level QR leaves; no
     NaN), the top 3 finite and equal to the plain product's; an all-zero layer makes every log singular value -inf
-    (a collapse, converged)."""
+    (a collapse, converged).  :func:`lyapunov_qr` (the QR flow the product SVD's forward sweep is) says the same."""
     n, L, B, k = 8, 5, 2, 5
     factors = list(Ensemble(n, L, sigma2=2.0, gates="none", batch=B).factors(generator(9)))
     gate = torch.zeros(B, n, dtype=torch.float64)
@@ -339,9 +339,15 @@ def test_product_svd_reports_rank_loss_and_collapse_as_minus_infinity():
     assert torch.isneginf(out.log_sv[:, 3:]).all()
     s = torch.linalg.svdvals(plain_product(factors))
     torch.testing.assert_close(out.log_sv[:, :3], torch.log(s[:, :3]), rtol=0, atol=1e-9)
+    qr = lyapunov_qr(factors, k, generator(10), checkpoints=[2, 3, L])  # the same rank test in the QR flow
+    assert torch.isfinite(qr[2].log_r).all()  # before the gate: full rank
+    for depth in (3, L):  # from the gate on: the rank is 3 for good, though later layers rebuild the lost directions
+        assert torch.isneginf(qr[depth].log_r[:, 3:]).all() and torch.isfinite(qr[depth].log_r[:, :3]).all()
+    assert qr[L].collapsed.all()
     factors[1] = Factor(torch.zeros_like(factors[1].weight), None)
     dead = product_svd(factors, k, generator(10))
     assert torch.isneginf(dead.log_sv).all() and (dead.error == 0).all()
+    assert torch.isneginf(lyapunov_qr(factors, k, generator(10)).log_r).all()
 
 
 def test_product_svd_rejects_bad_input_before_any_work():
