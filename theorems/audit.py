@@ -131,9 +131,9 @@ MUTATIONS = [
     Mutation("pruned-variant-scale-dropped", "the trainability variants' pruning scale (1-s)^-1/2 not applied",
              "theorems/training.py", "            w = w * by_sparsity[v.pruning.sparsity] * v.pruning.scale",
              "            w = w * by_sparsity[v.pruning.sparsity]", ("checks/claims/test_trainability.py",)),
-    Mutation("pruning-mask-not-kept", "pruned weights updated during training (the mask not applied to the gradient)",
-             "theorems/training.py", "                if mask is not None:\n                    g.mul_(mask)\n",
-             "                if False:\n                    g.mul_(mask)\n",
+    Mutation("pruning-mask-not-kept", "pruned weights updated during training (the mask not applied after the update)",
+             "theorems/training.py", "                if mask is not None:\n                    w.mul_(mask)",
+             "                if False:\n                    w.mul_(mask)",
              ("checks/claims/test_trainability.py", "checks/core/test_ensembles.py", "-k",
               "scale_restores_trainability or keep_their_masks")),
 ]
