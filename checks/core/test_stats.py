@@ -87,7 +87,7 @@ def test_failure_message_names_everything():
     with pytest.raises(AssertionError) as err:
         verdict.check(cmp)
     msg = str(err.value)
-    assert "99.996% CI" in msg, msg  # the level, not rounded to 100%
+    assert f"{100 * (1 - FALSE_FAIL_RATE):.6g}% CI" in msg and "100% CI" not in msg, msg  # not rounded to 100%
     stored = json.loads(verdict._item.user_properties[0][1])
     assert stored["claim"] == "critical-init" and stored["sizes"] == {"n": 64, "L": 100} and stored["seed"] == 1234
     for piece in ["critical-init", "slope of E log||J||", "prediction 0", "observed 0.5", "CI [", "model error",
