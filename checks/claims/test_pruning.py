@@ -286,7 +286,7 @@ def transition_density(n, batch, l1, l2, rng, device, seed):
 
 #: The quick batch is 48: with 36 the n^-1/2 control's estimated miss was 8.6e-5 at the default seed and 3.0e-5 at
 #: calibration seed 1214 (the exponent's standard error 0.095; the slot is 2.5e-5 since session 19).
-EDGE_SIZES = Sizes(quick=WidthSweep(widths=(24, 48, 96, 192), batch=48, l1=5, l2=45),  # n <= 512: see README
+EDGE_SIZES = Sizes(quick=WidthSweep(widths=(24, 48, 96, 192), batch=64, l1=5, l2=45),  # n <= 512: see README
                    full=WidthSweep(widths=(64, 128, 256, 512), batch=48, l1=10, l2=90))
 
 
