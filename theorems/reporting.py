@@ -256,6 +256,14 @@ class ReportPlugin:
         self.started = time.time()
         self.baseline_problems: list[str] = []
         self.claim_texts: dict[str, dict] = {}  # the texts of the claims checks named, as the workers registered them
+        self.keyboard_interrupt = False
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_keyboard_interrupt(self, excinfo):
+        """Ctrl-C, noted before the terminal reporter formats it: that formatting can itself fail (pytest 9 on Python
+        3.11 when the interrupt lands on an instruction without a line number, ``tb_lineno`` None: an internal
+        error instead of exit status 2), and the report must still say the run was interrupted."""
+        self.keyboard_interrupt = True
 
     def pytest_runtest_logreport(self, report):
         nodeid = canonical_nodeid(report.nodeid)
@@ -332,7 +340,8 @@ class ReportPlugin:
             if self.baseline_problems:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         selection = run_selection(self.config)
-        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop) or bool(session.shouldfail)
+        interrupted = (exitstatus == pytest.ExitCode.INTERRUPTED or self.keyboard_interrupt or bool(session.shouldstop)
+                       or bool(session.shouldfail))
         registered = None
         if interrupted or selection["filtered"]:  # which checks did not report: ask a full collection
             registered = registered_checks(self.config)
