@@ -15,6 +15,9 @@ the failed checks and a fingerprint of every recorded number, and writes ``FILE`
 * ``tightest_checks`` / ``weakest_controls``: per node id the closest call over all seeds: the smallest headroom of
   its checks (``Comparison.headroom``) and the largest estimated miss probability of its negative controls, with the
   statistic and the seed (a calibration that passes still shows which checks run near their level);
+* ``estimate_spread``: per node id and statistic (its checks and controls), the estimate's spread over the seeds
+  against the standard error each run stated: ``{seeds, mean, sd, mean_stderr, sd_over_stderr}`` (near 1 when the
+  stated errors are honest; a ratio well above 1 means intervals too narrow, one well below intervals too wide);
 * ``flagged``: checks whose failure count is improbable (binomial test, p < 0.01) under their share of the
   budget (the assertion slots they use times ``theorems.budget.PER_ASSERTION_RATE``).
 
@@ -36,6 +39,7 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -47,6 +51,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 from .budget import PER_ASSERTION_RATE, SUITE_FALSE_FAIL_RATE
@@ -161,12 +166,17 @@ def run_seed(seed: int, pytest_args: list[str], cwd: str, threads: int | None = 
 def margins(tests: list[dict]) -> dict:
     """How close each test came to failing at this seed: per node id the smallest ``headroom`` of its checks
     (log10 of the rate at which it would fail over the rate it runs at; < 0: failed) and the largest estimated miss
-    probability of its negative controls (and power shortfall of its ``below`` checks), each with its statistic."""
-    headroom, miss = {}, {}
+    probability of its negative controls (and power shortfall of its ``below`` checks), each with its statistic; and
+    the estimate and stated standard error of each of its checks and controls (``estimates``: statistic -> [estimate,
+    stderr])."""
+    headroom, miss, estimates = {}, {}, {}
     for t in tests:
         for r in t["records"]:
             if r.get("expected_to_fail"):  # a strict xfail's comparisons are meant to fail (its risk is an xpass)
                 continue
+            if r["role"] != "measurement":
+                estimates.setdefault(t["nodeid"], {})[r["statistic"]] = [_number(r.get("estimate")),
+                                                                         _number(r.get("stderr"))]
             if r["role"] == "check" and r.get("headroom") is not None:
                 h = float(r["headroom"])
                 if t["nodeid"] not in headroom or h < headroom[t["nodeid"]][0]:
@@ -175,7 +185,37 @@ def margins(tests: list[dict]) -> dict:
                 m = float(r["miss_probability"])
                 if t["nodeid"] not in miss or m > miss[t["nodeid"]][0]:
                     miss[t["nodeid"]] = [float(f"{m:.3g}"), r["statistic"]]
-    return {"headroom": headroom, "control_miss": miss}
+    return {"headroom": headroom, "control_miss": miss, "estimates": estimates}
+
+
+def _number(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def estimate_spread(runs: list[dict]) -> dict:
+    """Per node id and statistic: the estimate's standard deviation over the seeds against the mean standard error
+    the runs stated (finite values only; statistics seen at fewer than two seeds are left out)."""
+    values: dict = {}
+    for r in runs:
+        for nid, stats_ in r.get("estimates", {}).items():
+            for stat, (est, err) in stats_.items():
+                if math.isfinite(est) and math.isfinite(err):
+                    values.setdefault(nid, {}).setdefault(stat, []).append((est, err))
+    out = {}
+    for nid, per_stat in values.items():
+        for stat, pairs in per_stat.items():
+            if len(pairs) < 2:
+                continue
+            est = np.array([p[0] for p in pairs])
+            mean_err = float(np.mean([p[1] for p in pairs]))
+            sd = float(est.std(ddof=1))
+            out.setdefault(nid, {})[stat] = {
+                "seeds": len(pairs), "mean": float(est.mean()), "sd": sd, "mean_stderr": mean_err,
+                "sd_over_stderr": sd / mean_err if mean_err > 0 else math.inf}
+    return out
 
 
 def _slots(test: dict) -> float:
@@ -213,7 +253,7 @@ def summarize(runs: list[dict], *, complete: bool = True, meta: dict | None = No
         **(meta or {}),
         "complete": complete,
         "seeds": [r["seed"] for r in runs],
-        "runs": [{key: v for key, v in r.items() if key not in ("check_slots", "headroom", "control_miss")}
+        "runs": [{key: v for key, v in r.items() if key not in ("check_slots", "headroom", "control_miss", "estimates")}
                  for r in runs],
         "failures_per_check": dict(sorted(per_check.items())),
         "suite_failures": [r["seed"] for r in failed_runs],
@@ -225,6 +265,7 @@ def summarize(runs: list[dict], *, complete: bool = True, meta: dict | None = No
         "mean_duration_s": round(sum(r["duration_s"] for r in runs) / n, 1) if n else None,
         "tightest_checks": dict(sorted(tightest.items(), key=lambda kv: kv[1]["headroom"])),
         "weakest_controls": dict(sorted(weakest.items(), key=lambda kv: -kv[1]["miss_probability"])),
+        "estimate_spread": estimate_spread(runs),
     }
 
 
@@ -260,7 +301,27 @@ def render_markdown(doc: dict) -> str:
                   f"per-assertion rate {PER_ASSERTION_RATE:g} at some seed (largest over seeds):", "",
                   "| check | statistic | miss probability | seed |", "|---|---|---|---|"]
         lines += [f"| `{nid}` | {v['statistic']} | {v['miss_probability']:.3g} | {v['seed']} |" for nid, v in weak]
+    wide = [(nid, stat, v) for nid, per in doc.get("estimate_spread", {}).items() for stat, v in per.items()
+            if spread_pvalue(v) < SPREAD_FLAG_LEVEL]
+    if wide:
+        lines += ["", f"Estimates that scatter over the seeds more than their stated standard errors allow (chi-square "
+                  f"test of sd² / stderr², p < {SPREAD_FLAG_LEVEL:g}: the intervals are too narrow):", "",
+                  "| check | statistic | seeds | sd over seeds | mean stated stderr | ratio |", "|---|---|---|---|---|---|"]
+        lines += [f"| `{nid}` | {stat} | {v['seeds']} | {v['sd']:.3g} | {v['mean_stderr']:.3g} | "
+                  f"{v['sd_over_stderr']:.2f} |" for nid, stat, v in sorted(wide, key=lambda w: -w[2]["sd_over_stderr"])]
     return "\n".join(lines) + "\n"
+
+
+#: An estimate whose spread over the seeds is improbable at this level under its stated standard errors is listed in
+#: the markdown table (many statistics are compared: a table to look at, not an assertion).
+SPREAD_FLAG_LEVEL = 1e-3
+
+
+def spread_pvalue(spread: dict) -> float:
+    """P(an sd over ``seeds`` seeds at least this large | the stated standard error is the true one): chi-square with
+    seeds - 1 degrees of freedom of ``(seeds - 1) (sd / stderr)²`` (normal estimates)."""
+    k = spread["seeds"]
+    return float(stats.chi2.sf((k - 1) * spread["sd_over_stderr"] ** 2, k - 1))
 
 
 def _write(doc: dict, out: Path):

@@ -52,12 +52,28 @@ def test_closest_calls_are_kept_per_check_over_seeds():
                                             rec("negative-control", "c", miss=1e-3), rec("measurement", "m", 0.1)]},
              {"nodeid": "a::x", "records": [{**rec("check", "printed", -5.0), "expected_to_fail": True}]}]
     m = margins(tests)
-    assert m == {"headroom": {"a::t": [0.7, "y"]}, "control_miss": {"a::t": [1e-3, "c"]}}
-    later = {"headroom": {"a::t": [0.2, "x"]}, "control_miss": {"a::t": [1e-6, "c"]}}
-    doc = summarize([{**_run(1), **m}, {**_run(2), **later}])
+    nan = float("nan")
+    assert {k: m[k] for k in ("headroom", "control_miss")} == {"headroom": {"a::t": [0.7, "y"]},
+                                                                "control_miss": {"a::t": [1e-3, "c"]}}
+    assert set(m["estimates"]) == {"a::t"} and set(m["estimates"]["a::t"]) == {"x", "y", "c"}  # not the measurement
+    later = {"headroom": {"a::t": [0.2, "x"]}, "control_miss": {"a::t": [1e-6, "c"]},
+             "estimates": {"a::t": {"x": [1.0, 0.5], "y": [nan, 1.0]}}}
+    first = {**m, "estimates": {"a::t": {"x": [2.0, 0.5], "y": [3.0, 1.0]}}}
+    doc = summarize([{**_run(1), **first}, {**_run(2), **later}])
     assert doc["tightest_checks"]["a::t"] == {"headroom": 0.2, "statistic": "x", "seed": 2}
     assert doc["weakest_controls"]["a::t"] == {"miss_probability": 1e-3, "statistic": "c", "seed": 1}
-    assert "headroom" not in doc["runs"][0]
+    assert "headroom" not in doc["runs"][0] and "estimates" not in doc["runs"][0]
+    # the spread over seeds against the stated errors: sd of (2, 1) is 0.707 against 0.5; a NaN seed is left out
+    spread = doc["estimate_spread"]["a::t"]
+    assert spread["x"] == pytest.approx({"seeds": 2, "mean": 1.5, "sd": 0.5 ** 0.5, "mean_stderr": 0.5,
+                                         "sd_over_stderr": 2 ** 0.5})
+    assert "y" not in spread
+    from theorems.calibrate import spread_pvalue
+    honest = {"seeds": 20, "sd_over_stderr": 1.0}
+    assert 0.3 < spread_pvalue(honest) < 0.7 and spread_pvalue({**honest, "sd_over_stderr": 2.0}) < 1e-6
+    narrow = {**doc, "pytest_args": [], "estimate_spread": {"a::t": {"x": {**spread["x"], **honest, "sd_over_stderr": 2.0}}}}
+    assert "| `a::t` | x | 20 |" in render_markdown(narrow)
+    assert "too narrow" not in render_markdown({**doc, "pytest_args": []})
     text = render_markdown({**doc, "pytest_args": []})
     assert "| `a::t` | x | 0.20 | 2 |" in text and "| `a::t` | c | 0.001 | 1 |" in text
 
