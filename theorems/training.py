@@ -54,8 +54,12 @@ def mlp_forward(weights, x):
 def mlp_losses(weights, x, z) -> torch.Tensor:
     """Per-network loss ``(2n)^-1 ||Y_L(x) - z||^2`` averaged over the N samples (B,), the loss of full §4 that
     :func:`train_mlp` descends."""
-    y = mlp_forward(weights, x)[-1]
-    return ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * x.shape[-1] * x.shape[1])
+    return _output_losses(mlp_forward(weights, x)[-1], z)
+
+
+def _output_losses(y, z) -> torch.Tensor:
+    """``(2n)^-1 ||y - z||^2`` averaged over the N samples, per network (B,), at the outputs y (B, N, n)."""
+    return ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * z.shape[-1] * z.shape[-2])
 
 
 def relative_weight_change(after, before) -> torch.Tensor:
@@ -105,7 +109,7 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
     with torch.no_grad():
         for t in range(steps + 1):
             hs, y = _relu_activations(ws, x)
-            per_net = ((y - z) ** 2).sum(dim=(-2, -1)) / (2 * x.shape[-1] * x.shape[1])  # :func:`mlp_losses`
+            per_net = _output_losses(y, z)  # :func:`mlp_losses` from the same forward pass
             diverged |= ~torch.isfinite(per_net)
             if t % record_every == 0 or t == steps:
                 rec_steps.append(t)
