@@ -55,6 +55,7 @@ import numpy as np
 from scipy import stats
 
 from .budget import PER_ASSERTION_RATE, SUITE_FALSE_FAIL_RATE
+from .reporting import record_number
 
 __all__ = ["main", "run_seed", "summarize", "parse_args", "FLAG_LEVEL"]
 
@@ -175,8 +176,8 @@ def margins(tests: list[dict]) -> dict:
             if r.get("expected_to_fail"):  # a strict xfail's comparisons are meant to fail (its risk is an xpass)
                 continue
             if r["role"] != "measurement":
-                estimates.setdefault(t["nodeid"], {})[r["statistic"]] = [_number(r.get("estimate")),
-                                                                         _number(r.get("stderr"))]
+                estimates.setdefault(t["nodeid"], {})[r["statistic"]] = [record_number(r.get("estimate")),
+                                                                         record_number(r.get("stderr"))]
             if r["role"] == "check" and r.get("headroom") is not None:
                 h = float(r["headroom"])
                 if t["nodeid"] not in headroom or h < headroom[t["nodeid"]][0]:
@@ -186,13 +187,6 @@ def margins(tests: list[dict]) -> dict:
                 if t["nodeid"] not in miss or m > miss[t["nodeid"]][0]:
                     miss[t["nodeid"]] = [float(f"{m:.3g}"), r["statistic"]]
     return {"headroom": headroom, "control_miss": miss, "estimates": estimates}
-
-
-def _number(x) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def estimate_spread(runs: list[dict]) -> dict:

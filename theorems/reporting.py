@@ -503,7 +503,9 @@ def _torch_version():
         return None
 
 
-def _number(x) -> float:
+def record_number(x) -> float:
+    """A number of a ``verdicts.json`` record as a float: NaN where it is missing or not a number (the report and the
+    calibration command read records with it)."""
     try:
         return float(x)
     except (TypeError, ValueError):
@@ -522,13 +524,13 @@ def run_budget(tests: list[dict]) -> dict:
         expected_to_fail = [r for r in t["records"] if r["role"] == "check" and r.get("expected_to_fail")]
         if expected_to_fail:  # a strict xfail spuriously fails only if every one of its checks passes (an xpass)
             slots += 1.0
-            spurious += min(_number(r["miss_probability"]) for r in expected_to_fail)
+            spurious += min(record_number(r["miss_probability"]) for r in expected_to_fail)
         for r in t["records"]:
             if r["role"] == "measurement" or r in expected_to_fail:
                 continue
-            slots += _number(r.get("slots", 1.0))
+            slots += record_number(r.get("slots", 1.0))
             miss = r.get("miss_probability")
-            spurious += _number(miss) if miss is not None else 1 - _number(r["level"])
+            spurious += record_number(miss) if miss is not None else 1 - record_number(r["level"])
     return budget_summary(slots, min(spurious, 1.0))
 
 
