@@ -19,10 +19,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+import math
+
 from .ensembles import Factor
+from .spectral import jacobian_product, log_spectral_norm
+from .training import DigitsNetwork, GradientDescentModel, TrainingRun, _output_losses, descend, regression_data
 from .validation import check_int, check_real
 
-__all__ = ["sample_conv_kernels", "circular_conv", "circular_conv_matrix", "cnn_forward", "cnn_factors"]
+__all__ = ["sample_conv_kernels", "circular_conv", "circular_conv_matrix", "cnn_forward", "cnn_factors", "cnn_losses",
+           "cnn_log_norm", "CircularCNN", "CIRCULAR_CNN", "train_cnn", "CNNOnDigits"]
 
 
 def sample_conv_kernels(batch: int, channels: int, size: int, sigma2: float, generator: torch.Generator, *,
@@ -41,11 +46,20 @@ def circular_conv(kernels: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Each network's stride-1 circular convolution: kernels (B, c, c, k, k), x (B, M, c, h, w) -> (B, M, c, h, w)
     (M inputs per network; one grouped ``conv2d``)."""
     b, m, c, h, w = x.shape
-    pad = kernels.shape[-1] // 2
-    flat = x.transpose(0, 1).reshape(m, b * c, h, w)
-    wrapped = F.pad(flat, (pad, pad, pad, pad), mode="circular") if pad else flat
-    out = F.conv2d(wrapped, kernels.reshape(b * c, c, *kernels.shape[-2:]), groups=b)
+    out = _grouped_conv(kernels, _wrap(x.transpose(0, 1).reshape(m, b * c, h, w), kernels.shape[-1] // 2))
     return out.reshape(m, b, c, h, w).transpose(0, 1)
+
+
+def _wrap(flat: torch.Tensor, pad: int) -> torch.Tensor:
+    """The maps (M, B c, h, w) with ``pad`` rows and columns wrapped around each side (circular padding)."""
+    return F.pad(flat, (pad, pad, pad, pad), mode="circular") if pad else flat
+
+
+def _grouped_conv(kernels: torch.Tensor, wrapped: torch.Tensor) -> torch.Tensor:
+    """Each network's convolution of its wrapped maps (M, B c, h + 2p, w + 2p) -> (M, B c, h, w): one grouped
+    ``conv2d`` (the networks are the groups)."""
+    b, c = kernels.shape[:2]
+    return F.conv2d(wrapped, kernels.reshape(b * c, c, *kernels.shape[-2:]), groups=b)
 
 
 def circular_conv_matrix(kernels: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -67,6 +81,91 @@ def cnn_forward(kernels, x):
     return ys
 
 
+def cnn_losses(kernels, x, z) -> torch.Tensor:
+    """Per-network loss ``(2N)^-1 ||Y_L(x) - z||^2`` averaged over the M samples (B,), ``N = c h w`` (the MLP's loss of
+    full §4 on the flattened maps; :func:`train_cnn` descends it)."""
+    return _output_losses(cnn_forward(kernels, x)[-1].flatten(2), z.flatten(2))
+
+
+def cnn_log_norm(kernels, x0) -> torch.Tensor:
+    """log||J|| (B,) of the CNN at the input maps x0 (B, c, h, w), renormalised at every layer (-inf: a collapse)."""
+    return log_spectral_norm(jacobian_product(cnn_factors([k.detach() for k in kernels], x0), renorm_every=1))
+
+
+class CircularCNN(GradientDescentModel):
+    """:func:`theorems.training.descend`'s model of the circular ReLU CNN (:func:`cnn_forward`): kernels (B, c, c, k, k),
+    inputs and outputs (B, M, c, h, w).  Inside a step the maps are kept as grouped ``conv2d`` takes them, (M, B c,
+    ...), the cache holding each layer's wrapped input relu(Y_l-1).  Backward: the adjoint of a circular convolution
+    is the circular convolution with the kernel's channels swapped and its window flipped; the kernel's gradient is
+    ``conv2d``'s weight gradient on the wrapped input (materialised: it is only c² k² per network)."""
+
+    def activations(self, ws, x):
+        b, m, c, h, w = x.shape
+        pad = ws[0].shape[-1] // 2
+        hidden, cache = torch.relu(x).transpose(0, 1).reshape(m, b * c, h, w), []
+        for i, k in enumerate(ws):
+            cache.append(_wrap(hidden, pad))
+            y = _grouped_conv(k, cache[-1])
+            if i + 1 < len(ws):
+                hidden = torch.relu(y)
+        return cache, y.reshape(m, b, c, h, w).transpose(0, 1)
+
+    def losses(self, y, z):
+        return _output_losses(y.flatten(2), z.flatten(2))
+
+    def output_error(self, y, z, rates):
+        return (y - z) * (rates.reshape(-1, 1, 1, 1, 1) / (z[0, 0].numel() * z.shape[1]))  # (y - z) / (N M) x lr
+
+    def increments(self, ws, cache, delta_out):
+        b, m, c, h, w = delta_out.shape
+        pad = ws[0].shape[-1] // 2
+        deltas = [delta_out.transpose(0, 1).reshape(m, b * c, h, w)]
+        for k, wrapped in zip(ws[:0:-1], cache[:0:-1]):
+            adjoint = k.transpose(1, 2).flip(-2, -1)
+            deltas.append(_grouped_conv(adjoint, _wrap(deltas[-1], pad)) * (_interior(wrapped, pad) > 0))
+        return deltas[::-1]
+
+    def increment_bound(self, ws, deltas, cache):
+        b = ws[0].shape[0]
+        terms = deltas[0].shape[0] * deltas[0].shape[-2] * deltas[0].shape[-1]  # a kernel entry sums M h w products
+        return torch.stack([_per_network_amax(d, b) * _per_network_amax(h, b) for d, h in zip(deltas, cache)]
+                           ).amax(0) * terms
+
+    def silence(self, delta, h, diverged):
+        b = diverged.shape[0]
+        delta.view(delta.shape[0], b, -1)[:, diverged] = 0.0
+        h.view(h.shape[0], b, -1)[:, diverged] = 0.0
+
+    def step(self, w, delta, h):
+        b, c, k = w.shape[0], w.shape[1], w.shape[-1]
+        w.view(b * c, c, k, k).sub_(torch.nn.grad.conv2d_weight(h, (b * c, c, k, k), delta, groups=b))
+
+    def log_norm(self, ws, x_ref):
+        return cnn_log_norm(ws, x_ref)
+
+
+def _interior(wrapped: torch.Tensor, pad: int) -> torch.Tensor:
+    return wrapped[..., pad:wrapped.shape[-2] - pad, pad:wrapped.shape[-1] - pad] if pad else wrapped
+
+
+def _per_network_amax(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """max |t| per network (B,) of maps (M, B c, ...)."""
+    return t.abs().reshape(t.shape[0], batch, -1).amax(dim=(0, 2))
+
+
+#: :func:`train_cnn`'s model.
+CIRCULAR_CNN = CircularCNN()
+
+
+def train_cnn(kernels, x, z, lr, steps: int, *, record_every: int = 1, x_ref=None,
+              record_norms: bool = True) -> TrainingRun:
+    """Full-batch GD on the CNN's kernels (list of (B, c, c, k, k)) for input maps x (B, M, c, h, w) and targets z
+    (like x), loss :func:`cnn_losses`; as :func:`theorems.training.train_mlp` otherwise (records, divergence;
+    ``x_ref``: (B, c, h, w), default each network's first input)."""
+    return descend(CIRCULAR_CNN, kernels, x, z, lr, steps, record_every=record_every,
+                   x_ref=x[:, 0] if x_ref is None else x_ref, record_norms=record_norms)
+
+
 def cnn_factors(kernels, x0) -> list[Factor]:
     """Jacobian factors ``(W_l, d_{l-1})`` of dY_L/dY_0 at the input x0 (B, c, h, w): ``W_l`` the dense circular
     convolution (:func:`circular_conv_matrix`), ``d_{l-1} = 1{Y_l-1 > 0}`` flattened the same way (the factor list
@@ -76,3 +175,38 @@ def cnn_factors(kernels, x0) -> list[Factor]:
         ys = cnn_forward(kernels, x0.unsqueeze(1))
         return [Factor(circular_conv_matrix(k, h, w), (y[:, 0] > 0).reshape(b, c * h * w).to(k.dtype))
                 for k, y in zip(kernels, ys[:-1])]
+
+
+class CNNOnDigits(DigitsNetwork):
+    """The circular ReLU CNN on the shipped 8x8 digits (:func:`theorems.training.trainability_of_variants`; full App.
+    G.6's stand-in): ``channels`` maps of 8 x 8, the standardised digit in map 0 and the others 0; targets the one-hot
+    class in the first 10 of the N = 64 ``channels`` flattened outputs, scaled to norm sqrt(N/10) (the MLP's targets,
+    :func:`theorems.training.regression_data`, at its N); He kernels of ``size`` at σ² = 2."""
+
+    model, dense = CIRCULAR_CNN, False
+
+    def __init__(self, channels: int = 4, size: int = 3):
+        self.channels = check_int("channels", channels, minimum=1)
+        self.size = check_int("size", size, minimum=1)
+        if self.size % 2 == 0:
+            raise ValueError(f"size must be an odd integer >= 1 (a centred window); got {size}")
+
+    def __repr__(self):
+        return f"CNNOnDigits(channels={self.channels}, size={self.size})"
+
+    def data(self, batch, samples, gen, device):
+        pixels, onehot = regression_data("digits", batch, samples, 64, gen, device)
+        x = pixels.new_zeros(batch, samples, self.channels, 8, 8)
+        x[:, :, 0] = pixels.reshape(batch, samples, 8, 8)
+        z = onehot.new_zeros(batch, samples, self.channels * 64)
+        z[..., :64] = onehot * math.sqrt(self.channels)
+        return x, z.reshape(x.shape)
+
+    def critical_weights(self, batch, depth, gen, device):
+        return [sample_conv_kernels(batch, self.channels, self.size, 2.0, gen, device=device) for _ in range(depth)]
+
+    def losses(self, ws, x, z):
+        return cnn_losses(ws, x, z)
+
+    def outputs(self, ws, x):
+        return cnn_forward(ws, x)[-1].flatten(2)

@@ -351,18 +351,45 @@ def fig_trainability(out, sizes, seed, device):
     _save(fig, out / "trainability.png", bottom=0.06)
 
 
+def fig_cnn_trainability(out, sizes, seed, device):
+    """Full App. G.6 (Fig. 17 left) on the digits: the circular CNN's training accuracy after a fixed budget at one
+    rate per index against log||J|| at init over a grid of σ² (the check's :class:`CNNOnDigits`, 8 maps)."""
+    from .convolution import CNNOnDigits
+
+    plt = _plt()
+    g = generator(derive_seed(seed, "fig_cnn_trainability"), device)
+    depth, b, samples, steps, sigma2s = sizes["cnn_trainability"]
+    network = CNNOnDigits(channels=8)
+    res = trainability_at_one_rate(depth, sigma2s, b, samples, steps, g, device, network=network, every=50)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(sigma2s)))
+    for s2, color in zip(sigma2s, colors):
+        ax.scatter(res.log_norm0[s2], res.accuracy[s2], color=color, label=f"σ² = {s2:g}", s=18)
+    ax.axhline(0.1, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="log ||J|| at init (first training digit)", ylabel=f"training accuracy after {steps} GD steps",
+           title=f"Trainability at depth {depth} (circular ReLU CNN, digits)")
+    ax.legend(fontsize=7)
+    _caption(fig, f"{network.channels} maps of 8x8, 3x3 kernels N(0, σ²/(9c)), no pooling; {samples} digits per "
+                  f"network, {b} networks per σ² sharing directions; one rate per index: 1/λ_max of the critical "
+                  f"network's loss Hessian, re-estimated every 50 steps (the check's rule); diverged = chance (dotted); "
+                  f"seed {seed}.")
+    _save(fig, out / "trainability_cnn.png", bottom=0.1)
+
+
 SIZES = Sizes(
     quick=dict(n=128, depths=[1, 5, 10, 20, 40, 60, 80, 100], B=8, edge_widths=(32, 64, 128), train=(32, 4, 8, 200),
                align_train=(70, 16, 150, 256), low_rank=(64, 10, 10, 4, 4000),
-               trainability=(16, 6, 32, 600, (1.0, 1.4, 2.0, 2.8, 4.0)), trainability_variants=((1, 2, 4, 8), 6, 300)),
+               trainability=(16, 6, 32, 600, (1.0, 1.4, 2.0, 2.8, 4.0)), trainability_variants=((1, 2, 4, 8), 6, 300),
+               cnn_trainability=(12, 4, 16, 300, (1.0, 1.4, 2.0, 2.8, 4.0))),
     full=dict(n=256, depths=[1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], B=32, edge_widths=(64, 128, 256, 512),
               train=(256, 8, 8, 2000), align_train=(100, 32, 400, 512), low_rank=(64, 10, 10, 32, 12000),
               trainability=(48, 16, 256, 3000, (1.0, 1.4, 2.0, 2.8, 4.0)),
-              trainability_variants=((1, 4, 8, 16, 32), 16, 2000)),
+              trainability_variants=((1, 4, 8, 16, 32), 16, 2000),
+              cnn_trainability=(12, 16, 16, 300, (1.0, 1.4, 2.0, 2.8, 4.0))),
 )
 
 FIGURES = [fig_norm_vs_depth, fig_random_pruning, fig_magnitude_pruning, fig_correlation, fig_edge_of_stability,
-           fig_lyapunov, fig_alignment, fig_training, fig_low_rank, fig_trainability]
+           fig_lyapunov, fig_alignment, fig_training, fig_low_rank, fig_trainability, fig_cnn_trainability]
 
 
 def write_figures(out, profile: str = "quick", seed: int = 0, device: str = "cpu", progress=print):

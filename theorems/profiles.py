@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["Profile", "Sizes", "Window", "WidthSweep", "TrainabilitySizes", "product_flops", "training_flops", "SAMPLE_FLOPS",
+__all__ = ["Profile", "Sizes", "Window", "WidthSweep", "TrainabilitySizes", "product_flops", "training_flops",
+           "conv_training_flops", "CONV_SLOWDOWN", "SAMPLE_FLOPS",
            "ACHIEVED_FRACTION", "gemm_rate"]
 
 
@@ -86,6 +87,19 @@ def product_flops(batch: int, depth: int, width: int, columns: int | None = None
 def training_flops(batch: int, depth: int, width: int, samples: int, steps: int) -> float:
     """Float64 work of full-batch GD on B networks: forward and backward, about 6 n^2 per sample, layer and step."""
     return 6.0 * batch * depth * width**2 * samples * steps
+
+
+#: Grouped float64 ``conv2d`` (the CNN's layers, :mod:`theorems.convolution`) runs about 8x below the GEMM rate on
+#: the CPU (measured: ~4 GFLOP/s per thread for 30 networks of 4 maps of 8 x 8, against ~38 for GEMMs): its work is
+#: counted in GEMM-equivalent flops.
+CONV_SLOWDOWN = 8.0
+
+
+def conv_training_flops(batch: int, depth: int, channels: int, pixels: int, size: int, samples: int,
+                        steps: int) -> float:
+    """GEMM-equivalent work of full-batch GD on B circular CNNs (forward, the adjoint convolution, the kernel
+    gradient: 6 c² k² flops per pixel, sample, layer and step, times :data:`CONV_SLOWDOWN`)."""
+    return CONV_SLOWDOWN * 6.0 * batch * depth * channels**2 * size**2 * pixels * samples * steps
 
 
 #: The fraction of the machine's float64 GEMM rate (:func:`gemm_rate`, all cores) that the suite achieves on the work

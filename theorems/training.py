@@ -30,7 +30,8 @@ __all__ = ["TrainingRun", "mlp_forward", "mlp_losses", "mlp_factors", "mlp_log_n
            "balanced_masked_network", "gradient_flow_singular_value_velocity", "masked_linear_gd_path",
            "modewise_velocity_coefficients", "top_mode_velocity_laws", "loss_sharpness", "masked_linear_sharpness",
            "SpectrumPath", "train_masked_linear_at_half_edge", "masked_linear_gradients", "low_rank_regression_path",
-           "Trainability", "trainability_at_one_rate"]
+           "Trainability", "trainability_at_one_rate", "GradientDescentModel", "RELU_MLP", "descend", "DigitsNetwork",
+           "MLP_ON_DIGITS"]
 
 
 @dataclass
@@ -92,39 +93,119 @@ def train_mlp(weights, x, z, lr: float, steps: int, *, record_every: int = 1, x_
 
     One step is one forward pass and a hand-written backward (:func:`_gd_increments`) whose output-layer error
     already carries each network's rate, so that every layer's update is one fused ``W <- W - delta^T h``
-    (``baddbmm``): the gradient is never written out.  A network whose loss overflows, or whose update could
+    (``baddbmm``): the gradient is never written out.  Divergence as :func:`descend` states it."""
+    return descend(RELU_MLP, weights, x, z, lr, steps, record_every=record_every, x_ref=x[:, 0] if x_ref is None
+                   else x_ref, record_norms=record_norms, masks=masks)
+
+
+class GradientDescentModel:
+    """What :func:`descend` needs of a family of networks trained side by side (B at once, each on its own data):
+    its forward pass keeping what the backward needs, the per-network loss at the outputs, and a hand-written backward
+    whose output error already carries each network's rate, so that a layer's update is applied in place.  Subclasses:
+    :data:`RELU_MLP`; :class:`theorems.convolution.CircularCNN`."""
+
+    def activations(self, ws, x):
+        """``(cache, y)``: per layer what its update and the backward need (input side first), and the outputs."""
+        raise NotImplementedError
+
+    def losses(self, y, z) -> torch.Tensor:
+        """Per-network loss (B,) at the outputs y."""
+        raise NotImplementedError
+
+    def output_error(self, y, z, rates) -> torch.Tensor:
+        """``lr dloss/dy`` per network (``rates``: (B,))."""
+        raise NotImplementedError
+
+    def increments(self, ws, cache, delta_out) -> list:
+        """Backpropagated errors per layer (input side first), from the weights before the step."""
+        raise NotImplementedError
+
+    def increment_bound(self, ws, deltas, cache) -> torch.Tensor:
+        """Per network (B,): an upper bound on any entry of the step of any layer."""
+        raise NotImplementedError
+
+    def silence(self, delta, h, diverged) -> None:
+        """Zero the slices of the networks flagged in ``diverged`` (B,) so that their weights do not move."""
+        raise NotImplementedError
+
+    def step(self, w, delta, h) -> None:
+        """``w <- w - (the layer's rate-scaled gradient)``, in place."""
+        raise NotImplementedError
+
+    def log_norm(self, ws, x_ref) -> torch.Tensor:
+        """log||J|| (B,) at the reference inputs."""
+        raise NotImplementedError
+
+
+class _ReLUMLP(GradientDescentModel):
+    """The MLP of full eq. (1), ``Y_k = W_k relu(Y_k-1)``: weights (B, n, n), inputs and outputs (B, N, n)."""
+
+    def activations(self, ws, x):
+        return _relu_activations(ws, x)
+
+    def losses(self, y, z):
+        return _output_losses(y, z)
+
+    def output_error(self, y, z, rates):
+        return (y - z) * (rates.reshape(-1, 1, 1) / (z.shape[-1] * z.shape[-2]))  # d loss/d Y_L = (Y_L - z) / (n N)
+
+    def increments(self, ws, cache, delta_out):
+        return _gd_increments(ws, cache, delta_out)
+
+    def increment_bound(self, ws, deltas, cache):
+        return _increment_bound(deltas, cache)
+
+    def silence(self, delta, h, diverged):
+        delta[diverged], h[diverged] = 0.0, 0.0
+
+    def step(self, w, delta, h):
+        w.baddbmm_(delta.mT, h, alpha=-1.0)
+
+    def log_norm(self, ws, x_ref):
+        return mlp_log_norm(ws, x_ref)
+
+
+#: :func:`train_mlp`'s model.
+RELU_MLP = _ReLUMLP()
+
+
+def descend(model: GradientDescentModel, weights, x, z, lr, steps: int, *, record_every: int = 1, x_ref=None,
+            record_norms: bool = True, masks=None) -> TrainingRun:
+    """Full-batch GD of B networks of ``model`` (weights: a list of per-layer (B, ...) tensors) on inputs x and targets
+    z, ``lr`` one rate or one per network; records as :func:`train_mlp` states (``x_ref``: the inputs where log||J||
+    is recorded; required with ``record_norms``).  A network whose loss overflows, or whose update could
     (:data:`OVERFLOW_BOUND`), has diverged: it is frozen at its last finite weights, flagged in ``diverged``, and its
     log||J|| and loss are recorded as +inf from then on (an unbounded change, never NaN; claim training-stability
     reads it as such).  The others are unaffected (each network has its own gradient)."""
     steps = check_int("steps", steps, minimum=0)
-    rates = _learning_rates(lr, weights[0].shape[0], weights[0])
+    rates = _learning_rates(lr, weights[0].shape[0], weights[0]).reshape(-1)
     masks = [None] * len(weights) if masks is None else list(masks)
     if len(masks) != len(weights):
         raise ValueError(f"masks must give one mask (or None) per layer: {len(weights)}; got {len(masks)}")
+    if record_norms and x_ref is None:
+        raise ValueError("x_ref must give the inputs where log||J|| is recorded when record_norms is set")
     ws = [w.detach().clone() for w in weights]
-    x_ref = x[:, 0] if x_ref is None else x_ref
-    scale = rates / (x.shape[-1] * x.shape[1])  # d loss / d Y_L = (Y_L - z) / (n N), times each network's rate
     diverged = torch.zeros(weights[0].shape[0], dtype=torch.bool, device=weights[0].device)
     rec_steps, norms, losses = [], [], []
     with torch.no_grad():
         for t in range(steps + 1):
-            hs, y = _relu_activations(ws, x)
-            per_net = _output_losses(y, z)  # :func:`mlp_losses` from the same forward pass
+            cache, y = model.activations(ws, x)
+            per_net = model.losses(y, z)
             diverged |= ~torch.isfinite(per_net)
             if t % record_every == 0 or t == steps:
                 rec_steps.append(t)
                 losses.append(torch.where(diverged, math.inf, per_net).cpu().numpy())
                 if record_norms:
-                    norms.append(torch.where(diverged, math.inf, mlp_log_norm(ws, x_ref)).cpu().numpy())
+                    norms.append(torch.where(diverged, math.inf, model.log_norm(ws, x_ref)).cpu().numpy())
             if t == steps:
                 break
-            deltas = _gd_increments(ws, hs, (y - z) * scale)
-            diverged |= ~(_increment_bound(deltas, hs) < OVERFLOW_BOUND)  # NaN and inf included
+            deltas = model.increments(ws, cache, model.output_error(y, z, rates))
+            diverged |= ~(model.increment_bound(ws, deltas, cache) < OVERFLOW_BOUND)  # NaN and inf included
             if bool(diverged.any()):  # only the diverged networks' slices are written (a where over all cost as much
-                for d, h in zip(deltas, hs):  # as the update itself); their inf/NaN would reach 0 x inf = NaN
-                    d[diverged], h[diverged] = 0.0, 0.0
-            for w, d, h, mask in zip(ws, deltas, hs, masks):
-                w.baddbmm_(d.mT, h, alpha=-1.0)
+                for d, h in zip(deltas, cache):  # as the update itself); their inf/NaN would reach 0 x inf = NaN
+                    model.silence(d, h, diverged)
+            for w, d, h, mask in zip(ws, deltas, cache, masks):
+                model.step(w, d, h)
                 if mask is not None:
                     w.mul_(mask)  # W was 0 where masked: (W - step) x mask = W - step x mask
     return TrainingRun(np.array(rec_steps), np.array(norms) if record_norms else None, np.array(losses), ws,
@@ -664,6 +745,52 @@ def appendix_g_variants(width: int = 64, sparsity: float = 0.75, edge_degree: in
             "correlated": WeightVariant(eta=check_real("eta_sqrt_n", eta_sqrt_n, low=0.0) / math.sqrt(width))}
 
 
+class DigitsNetwork:
+    """A family of networks that :func:`trainability_of_variants` trains on scikit-learn's shipped 8x8 digits: its
+    data (inputs and one-hot targets per network), its critical weights, its loss (differentiable: the sharpness), its
+    outputs (the first 10 coordinates are the class scores) and its GD model.  ``dense``: the layers are n x n
+    matrices, so that random pruning masks and correlated shifts (:class:`WeightVariant`) apply.  Instances:
+    :data:`MLP_ON_DIGITS`; :class:`theorems.convolution.CNNOnDigits`."""
+
+    model: GradientDescentModel
+    dense: bool
+
+    def data(self, batch: int, samples: int, gen, device):
+        raise NotImplementedError
+
+    def critical_weights(self, batch: int, depth: int, gen, device) -> list:
+        raise NotImplementedError
+
+    def losses(self, ws, x, z) -> torch.Tensor:
+        raise NotImplementedError
+
+    def outputs(self, ws, x) -> torch.Tensor:
+        """(B, N, outputs): the last layer's outputs per sample, flattened."""
+        raise NotImplementedError
+
+
+class _MLPOnDigits(DigitsNetwork):
+    """The ReLU MLP of full eq. (1) at width 64 (the pixels), σ² = 2 (:func:`regression_data`'s digits)."""
+
+    model, dense, width = RELU_MLP, True, 64
+
+    def data(self, batch, samples, gen, device):
+        return regression_data("digits", batch, samples, self.width, gen, device)
+
+    def critical_weights(self, batch, depth, gen, device):
+        return [sample_weights(batch, self.width, 2.0, gen, device=device) for _ in range(depth)]
+
+    def losses(self, ws, x, z):
+        return mlp_losses(ws, x, z)
+
+    def outputs(self, ws, x):
+        return mlp_forward(ws, x)[-1]
+
+
+#: The MLP that the trainability checks train (App. G.4-G.5).
+MLP_ON_DIGITS = _MLPOnDigits()
+
+
 @dataclass
 class Trainability:
     """Training accuracies after a fixed budget (:func:`trainability_of_variants`)."""
@@ -676,46 +803,52 @@ class Trainability:
 
 
 def trainability_of_variants(depth: int, variants: dict, batch: int, samples: int, steps: int, gen, device="cpu", *,
-                             reference, every: int = 100, iters: int = 10, refresh_iters: int = 3) -> Trainability:
-    """Full App. G.4-G.5 (Figs 13-15) on the shipped digits: ReLU MLPs (full eq. (1), width 64, one-hot targets:
-    :func:`regression_data`), one per :class:`WeightVariant` of ``variants`` (name -> variant) and index, the
+                             reference, every: int = 100, iters: int = 10, refresh_iters: int = 3,
+                             network: DigitsNetwork = MLP_ON_DIGITS) -> Trainability:
+    """Full App. G.4-G.6 (Figs 13-17) on the shipped digits: ``network``s (default the ReLU MLP of full eq. (1),
+    width 64, one-hot targets: :func:`regression_data`; or a circular CNN, :class:`theorems.convolution.CNNOnDigits`,
+    which takes σ² variants only), one per :class:`WeightVariant` of ``variants`` (name -> variant) and index, the
     variants of one index built from the same critical weights (common random numbers) and trained on the same
-    ``samples`` digits by full-batch GD (:func:`train_mlp`) with one learning rate per index: 1/λ_max of the loss
-    Hessian of the ``reference`` variant's network (half its edge of stability; :func:`loss_sharpness`),
-    re-estimated every ``every`` steps (``iters`` power steps first, ``refresh_iters`` warm-started ones after; the
-    paper trains every variant at one rate).  Returns each network's training accuracy (argmax of the 10 class
-    outputs) and training loss after ``steps`` steps; a network whose loss or gradient overflowed has not trained:
-    chance, 1/10 (its loss +inf)."""
+    ``samples`` digits by full-batch GD (:func:`descend` with the network's hand-written backward) with one learning
+    rate per index: 1/λ_max of the loss Hessian of the ``reference`` variant's network (half its edge of stability;
+    :func:`loss_sharpness`), re-estimated every ``every`` steps (``iters`` power steps first, ``refresh_iters``
+    warm-started ones after; the paper trains every variant at one rate).  Returns each network's training accuracy
+    (argmax of the 10 class outputs) and training loss after ``steps`` steps; a network whose loss or gradient
+    overflowed has not trained: chance, 1/10 (its loss +inf)."""
     names = list(variants)
     if reference not in variants:
         raise ValueError(f"reference must be one of the variants {names}; got {reference!r}")
     for name, v in variants.items():
         if not isinstance(v, WeightVariant):
             raise ValueError(f"variants must map names to WeightVariant; got {type(v).__name__} for {name!r}")
+        if not network.dense and (v.pruning is not None or v.eta):
+            raise ValueError(f"variants of a {type(network).__name__} may change sigma2 only (pruning and eta act on "
+                             f"dense layers); got {v} for {name!r}")
     steps, every = check_int("steps", steps, minimum=1), check_int("every", every, minimum=1)
     if steps % every:
         raise ValueError(f"steps must be a multiple of every ({every}); got {steps}")
-    n, b, k = 64, check_int("batch", batch, minimum=1), len(names)
-    x, z = regression_data("digits", b, samples, n, gen, device)
+    b, k = check_int("batch", batch, minimum=1), len(names)
+    x, z = network.data(b, samples, gen, device)
     ref = names.index(reference)
-    base = [sample_weights(b, n, 2.0, gen, device=device) for _ in range(depth)]
+    base = network.critical_weights(b, depth, gen, device)
     layers = [_variant_layer(w, [variants[m] for m in names], gen) for w in base]
     ws, masks = [w for w, _ in layers], [m for _, m in layers]
     masks = masks if any(m is not None for m in masks) else None
-    xs, zs = x.repeat(k, 1, 1), z.repeat(k, 1, 1)
+    xs, zs = (a.repeat(k, *[1] * (a.dim() - 1)) for a in (x, z))
 
     diverged, rates = np.zeros(k * b, dtype=bool), []
-    log_norm0 = mlp_log_norm(ws, xs[:, 0]).cpu().numpy()
+    log_norm0 = network.model.log_norm(ws, xs[:, 0]).cpu().numpy()
     direction = [torch.randn(w[:b].shape, generator=gen, device=w.device, dtype=w.dtype) for w in ws]
     for chunk in range(steps // every):  # the first estimate from a random direction, each later one warm-started
-        lam, direction = _power_iteration(partial(mlp_losses, x=x, z=z), [w[ref * b:(ref + 1) * b] for w in ws], direction,
-                                          iters if chunk == 0 else refresh_iters)
+        lam, direction = _power_iteration(partial(network.losses, x=x, z=z), [w[ref * b:(ref + 1) * b] for w in ws],
+                                          direction, iters if chunk == 0 else refresh_iters)
         rate = (1.0 / lam).cpu().numpy()  # a reference network that diverged keeps a vanishing rate, never 0 or NaN
         rates.append(np.where(np.isfinite(rate) & (rate > 0), rate, np.finfo(np.float64).tiny))
-        run = train_mlp(ws, xs, zs, np.tile(rates[-1], k), every, record_every=every, record_norms=False, masks=masks)
+        run = descend(network.model, ws, xs, zs, np.tile(rates[-1], k), every, record_every=every, record_norms=False,
+                      masks=masks)
         ws, diverged = run.weights, diverged | run.diverged
     with torch.no_grad():
-        right = mlp_forward(ws, xs)[-1][..., :10].argmax(-1) == zs[..., :10].argmax(-1)
+        right = network.outputs(ws, xs)[..., :10].argmax(-1) == zs.flatten(2)[..., :10].argmax(-1)
     accuracy = np.where(diverged, 0.1, right.to(torch.float64).mean(-1).cpu().numpy())
     split = lambda a: {m: a[i * b:(i + 1) * b] for i, m in enumerate(names)}  # noqa: E731
     return Trainability(split(accuracy), split(diverged), np.array(rates), split(log_norm0), split(run.loss[-1]))
@@ -745,8 +878,8 @@ def _variant_layer(w2: torch.Tensor, variants: list, gen):
 
 
 def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, steps: int, gen, device="cpu", *,
-                             reference: float = 2.0, every: int = 100, iters: int = 10,
-                             refresh_iters: int = 3) -> Trainability:
+                             reference: float = 2.0, every: int = 100, iters: int = 10, refresh_iters: int = 3,
+                             network: DigitsNetwork = MLP_ON_DIGITS) -> Trainability:
     """Full App. G.5 (Fig. 15 left): :func:`trainability_of_variants` over σ² (keys: the σ² values), the networks of
     one index sharing their weights' directions (W = sqrt(σ²/2) W_2) with the rate of the ``reference`` σ² (claim
     critical-init, statement trainability)."""
@@ -755,7 +888,8 @@ def trainability_at_one_rate(depth: int, sigma2s, batch: int, samples: int, step
     if reference not in sigma2s:
         raise ValueError(f"reference must be one of sigma2s {sigma2s}; got {reference}")
     return trainability_of_variants(depth, {s: WeightVariant(sigma2=s) for s in sigma2s}, batch, samples, steps, gen,
-                                    device, reference=reference, every=every, iters=iters, refresh_iters=refresh_iters)
+                                    device, reference=reference, every=every, iters=iters, refresh_iters=refresh_iters,
+                                    network=network)
 
 
 @dataclass

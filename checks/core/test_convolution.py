@@ -3,6 +3,7 @@ multiply to autograd's Jacobian, and He initialisation keeps a layer's mean-squa
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,3 +74,71 @@ def test_bad_kernel_parameters_fail_before_any_work():
         sample_conv_kernels(1, 2, 3, 0.0, gen)
     with pytest.raises(ValueError, match="channels"):
         sample_conv_kernels(1, 0, 3, 2.0, gen)
+
+
+def test_cnn_gradient_descent_is_autograds():
+    """:func:`theorems.convolution.train_cnn` backpropagates by hand (the adjoint convolution, conv2d's weight
+    gradient on the wrapped maps): its kernels and losses are those of plain GD on autograd's gradient of
+    :func:`theorems.convolution.cnn_losses` (per-network rates, several samples, a 3x3 window wrapping a 5x4 map),
+    to rounding."""
+    from theorems.convolution import cnn_losses, train_cnn
+    gen = generator(33, "cpu")
+    batch, c, h, w, depth, samples, steps = 3, 2, 5, 4, 4, 3, 10
+    kernels = [sample_conv_kernels(batch, c, 3, 2.0, gen) for _ in range(depth)]
+    x, z = (torch.randn(batch, samples, c, h, w, generator=gen, dtype=torch.float64) for _ in range(2))
+    lr = torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64)
+    run = train_cnn(kernels, x, z, lr, steps, record_every=1, record_norms=False)
+    ks = [k.clone().requires_grad_(True) for k in kernels]
+    for t in range(steps + 1):
+        loss = cnn_losses(ks, x, z)
+        np.testing.assert_allclose(run.loss[t], loss.detach().numpy(), rtol=1e-12)
+        if t < steps:
+            grads = torch.autograd.grad(loss.sum(), ks)
+            with torch.no_grad():
+                for k, g in zip(ks, grads):
+                    k -= lr.reshape(-1, 1, 1, 1, 1) * g
+    assert (run.loss[-1] < 0.9 * run.loss[0]).all()  # each network trains
+    for k, k_ref in zip(run.weights, ks):
+        torch.testing.assert_close(k, k_ref.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_a_diverging_cnn_is_flagged_frozen_and_leaves_the_others_alone():
+    """As for the MLP (:func:`theorems.training.descend`): overflow is an unbounded change (+inf, never NaN, kernels
+    frozen finite), and the network beside it trains exactly as it would alone; log||J|| is recorded at x_ref."""
+    from theorems.convolution import cnn_log_norm, train_cnn
+    gen = generator(34, "cpu")
+    kernels = [sample_conv_kernels(2, 3, 3, 2.0, gen) for _ in range(5)]
+    x, z = (torch.randn(2, 2, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    run = train_cnn(kernels, x, z, torch.tensor([0.1, 1e200], dtype=torch.float64), 12, record_every=4)
+    assert run.diverged.tolist() == [False, True]
+    assert np.isposinf(run.log_norm[1:, 1]).all() and np.isposinf(run.loss[1:, 1]).all()
+    assert not (np.isnan(run.log_norm).any() or np.isnan(run.loss).any())
+    assert all(bool(torch.isfinite(k).all()) for k in run.weights)
+    np.testing.assert_allclose(run.log_norm[0], cnn_log_norm(kernels, x[:, 0]).numpy(), rtol=1e-13)
+    alone = train_cnn([k[:1] for k in kernels], x[:1], z[:1], 0.1, 12, record_every=4)
+    np.testing.assert_allclose(run.log_norm[:, 0], alone.log_norm[:, 0], rtol=1e-13)
+    np.testing.assert_allclose(run.loss[:, 0], alone.loss[:, 0], rtol=1e-13)
+    assert run.loss[-1, 0] < 0.95 * run.loss[0, 0]  # it trains (a network with every gate closed would not)
+    for k, k_alone in zip(run.weights, alone.weights):
+        torch.testing.assert_close(k[:1], k_alone, rtol=1e-13, atol=1e-15)
+
+
+def test_the_digits_cnn_sees_each_digit_in_its_first_map_and_takes_sigma2_variants_only():
+    from theorems.convolution import CNNOnDigits
+    from theorems.ensembles import Pruning
+    from theorems.training import MLP_ON_DIGITS, WeightVariant, trainability_of_variants
+    net = CNNOnDigits(channels=3)
+    x, z = net.data(2, 5, generator(35, "cpu"), "cpu")
+    pixels, onehot = MLP_ON_DIGITS.data(2, 5, generator(35, "cpu"), "cpu")  # the same draws
+    assert x.shape == z.shape == (2, 5, 3, 8, 8)
+    torch.testing.assert_close(x[:, :, 0].reshape(2, 5, 64), pixels, rtol=0, atol=0)
+    assert not x[:, :, 1:].any()
+    flat = z.flatten(2)
+    assert torch.equal(flat[..., :10].argmax(-1), onehot[..., :10].argmax(-1)) and not flat[..., 10:].any()
+    torch.testing.assert_close(flat.norm(dim=-1), torch.full((2, 5), (3 * 64 / 10) ** 0.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="sigma2 only"):
+        trainability_of_variants(2, {"critical": WeightVariant(), "pruned": WeightVariant(pruning=Pruning("random", 0.5))},
+                                 2, 4, 100, generator(1, "cpu"), reference="critical", network=net)
+    for bad in (dict(channels=0), dict(size=2)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CNNOnDigits(**bad)
