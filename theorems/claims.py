@@ -85,7 +85,7 @@ CLAIMS: dict[str, Claim] = {
                       "a square factor of the spectral core; the class read from the first 10 outputs) at σ² = 1, 2 "
                       "and 4 sharing their kernels' directions and 16 training digits, full-batch GD for 300 steps "
                       "with one learning rate per triple (1/λ_max of the critical network's loss Hessian, re-estimated "
-                      "every 100 steps): at depth 16 the critical network's training accuracy is significantly above "
+                      "every 50 steps): at depth 12 the critical network's training accuracy is significantly above "
                       "both others'; at depth 3 all three train (control). Full profile only (its cost)."),
               }),
         Claim("free-limit", "full App. A (proof of Thm 7)", "full",
