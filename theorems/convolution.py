@@ -181,11 +181,12 @@ class CNNOnDigits(DigitsNetwork):
     """The circular ReLU CNN on the shipped 8x8 digits (:func:`theorems.training.trainability_of_variants`; full App.
     G.6's stand-in): ``channels`` maps of 8 x 8, the standardised digit in map 0 and the others 0; targets the one-hot
     class in the first 10 of the N = 64 ``channels`` flattened outputs, scaled to norm sqrt(N/10) (the MLP's targets,
-    :func:`theorems.training.regression_data`, at its N); He kernels of ``size`` at σ² = 2."""
+    :func:`theorems.training.regression_data`, at its N); He kernels of ``size`` at σ² = 2.  The defaults are the
+    trainability check's (critical-init, statement trainability-cnn)."""
 
     model, dense = CIRCULAR_CNN, False
 
-    def __init__(self, channels: int = 4, size: int = 3):
+    def __init__(self, channels: int = 8, size: int = 3):
         self.channels = check_int("channels", channels, minimum=1)
         self.size = check_int("size", size, minimum=1)
         if self.size % 2 == 0:

@@ -359,7 +359,7 @@ def fig_cnn_trainability(out, sizes, seed, device):
     plt = _plt()
     g = generator(derive_seed(seed, "fig_cnn_trainability"), device)
     depth, b, samples, steps, sigma2s = sizes["cnn_trainability"]
-    network = CNNOnDigits(channels=8)
+    network = CNNOnDigits()  # the check's (test_initialization.py): 8 maps, 3x3 kernels
     res = trainability_at_one_rate(depth, sigma2s, b, samples, steps, g, device, network=network, every=50)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(sigma2s)))
