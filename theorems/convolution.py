@@ -12,14 +12,18 @@ He initialisation ``N(0, σ²/(channels k²))`` keeps the mean-square gain of a 
 ``channels k²`` inputs, each input feeds ``k²`` outputs per channel), so σ² = 2 is critical for the ReLU CNN as for
 the MLP; the layer is not an iid Gaussian matrix (weights are shared across pixels), so the MLP's closed forms for
 the exponents do not carry over.
+
+Training: :func:`train_cnn` (full-batch GD by :func:`theorems.training.descend` with a hand-written backward,
+:class:`CircularCNN`) and :class:`CNNOnDigits`, the network that the trainability check (critical-init, statement
+trainability-cnn: App. G.6) trains on the shipped digits.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-
-import math
 
 from .ensembles import Factor
 from .spectral import jacobian_product, log_spectral_norm

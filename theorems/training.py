@@ -4,6 +4,10 @@
   ``(2n)^-1 ||Y_L(x) - z||^2`` of full §4 (averaged over samples for the multi-sample variant), hidden
   weights ``W_1..W_L`` trained, B networks at once (the loss is summed over networks, so each network
   gets its own gradient).
+* :func:`descend`: the GD loop behind :func:`train_mlp` and :func:`theorems.convolution.train_cnn`, for any
+  :class:`GradientDescentModel` (a forward pass, a loss, a hand-written backward applied in place); divergence is an
+  unbounded change, flagged per network.
+* :func:`trainability_of_variants`: App. G.4-G.6's accuracy after a fixed budget, for a :class:`DigitsNetwork`.
 * :func:`train_masked_linear`: Haas' masked linear network ``J = W_L D_{L-1} ... D_1 W_1`` with fixed
   gates, loss ``(2n)^-1 ||J X - Y||_F^2``.
 """

@@ -98,6 +98,20 @@ def test_a_diverging_network_is_flagged_frozen_and_leaves_the_others_alone():
     assert all(bool(torch.equal(a, b)) for a, b in zip(quiet.weights, run.weights))
 
 
+def test_descend_names_what_it_needs_before_any_work():
+    """:func:`theorems.training.descend`: recording log||J|| needs the reference inputs; masks come one per layer."""
+    from theorems.training import RELU_MLP, descend
+    gen = generator(7, "cpu")
+    weights = [torch.randn(1, 4, 4, generator=gen, dtype=torch.float64) for _ in range(2)]
+    x = torch.randn(1, 2, 4, generator=gen, dtype=torch.float64)
+    with pytest.raises(ValueError, match="x_ref"):
+        descend(RELU_MLP, weights, x, x, 0.1, 3)
+    with pytest.raises(ValueError, match="masks"):
+        descend(RELU_MLP, weights, x, x, 0.1, 3, record_norms=False, masks=[None])
+    with pytest.raises(ValueError, match="lr"):
+        descend(RELU_MLP, weights, x, x, -0.1, 3, record_norms=False)
+
+
 def test_each_network_trains_at_the_largest_rate_at_which_it_stays_stable():
     """:func:`theorems.training.train_at_largest_stable_rate`: a network that diverges at a rate is rerun from its
     initial weights at the next one, a dead network (input 0: every gate closed) has no stable rate (NaN), and each
