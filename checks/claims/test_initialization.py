@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from theorems.convolution import CNNOnDigits
 from theorems.ensembles import Ensemble
 from theorems.experiments import depth_slope, log_norms_at, slope_model_error, squared_norms_with_mean_square
 from theorems.predictions import (
@@ -16,7 +17,6 @@ from theorems.predictions import (
 from theorems.profiles import Sizes, TrainabilitySizes, Window, conv_training_flops, product_flops, training_flops
 from theorems.stats import (FALSE_FAIL_RATE, compare, compare_at_most, compare_below, control_variate_mean, extrapolate,
                             fit_slope, intercept_shift, mean_estimate)
-from theorems.convolution import CNNOnDigits
 from theorems.training import MLP_ON_DIGITS, trainability_at_one_rate
 
 
@@ -168,7 +168,8 @@ def test_critical_initialisation_trains_at_depths_where_others_do_not(profile, r
 #: (`full-cpu-cnn-trainability-20261206`, seeds 1287-1294: 0 of 8 failed) the σ² = 1 difference was -0.58 on average
 #: (sd 0.063 over seeds, stated standard error 0.056: honest; 0.275 per triple) but its power shortfall reached 0.05 at
 #: seed 1294: 40 triples put an estimate 3 seed-sd below the mean 13.3 standard errors from 0 against the t quantile
-#: (about 4.9 at 39 degrees of freedom) plus 4.06 for the power.  Full profile only: 120 CNNs of depth 12 take about 5
+#: (4.56 at 39 degrees of freedom) plus 4.06 for the power (`full-cpu-cnn-trainability-40-20261206`, seeds 1295-1298:
+#: 0 of 4, largest estimated miss 3e-13).  Full profile only: 120 CNNs of depth 12 take about 5
 #: minutes of one CPU worker (grouped float64 conv2d runs at ~4 GFLOP/s here), beyond the quick profile's five minutes.
 CNN_TRAINABILITY = Sizes(quick=None, full=TrainabilitySizes(12, 3, 40, 16, 300))
 CNN_ON_DIGITS = CNNOnDigits()  # 8 maps, 3x3 kernels
