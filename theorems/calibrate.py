@@ -191,7 +191,9 @@ def margins(tests: list[dict]) -> dict:
 
 def estimate_spread(runs: list[dict]) -> dict:
     """Per node id and statistic: the estimate's standard deviation over the seeds against the mean standard error
-    the runs stated (finite values only; statistics seen at fewer than two seeds are left out)."""
+    the runs stated (finite values only; statistics seen at fewer than two seeds are left out).  A statistic stated
+    with no standard error (an exact comparison whose tolerance is its model error, or a sample without spread, e.g.
+    every network at accuracy 1) has no interval to audit: its ratio is None."""
     values: dict = {}
     for r in runs:
         for nid, stats_ in r.get("estimates", {}).items():
@@ -208,7 +210,7 @@ def estimate_spread(runs: list[dict]) -> dict:
             sd = float(est.std(ddof=1))
             out.setdefault(nid, {})[stat] = {
                 "seeds": len(pairs), "mean": float(est.mean()), "sd": sd, "mean_stderr": mean_err,
-                "sd_over_stderr": sd / mean_err if mean_err > 0 else math.inf}
+                "sd_over_stderr": sd / mean_err if mean_err > 0 else None}  # None: no stated error to audit
     return out
 
 
@@ -313,9 +315,11 @@ SPREAD_FLAG_LEVEL = 1e-3
 
 def spread_pvalue(spread: dict) -> float:
     """P(an sd over ``seeds`` seeds at least this large | the stated standard error is the true one): chi-square with
-    seeds - 1 degrees of freedom of ``(seeds - 1) (sd / stderr)²`` (normal estimates)."""
-    k = spread["seeds"]
-    return float(stats.chi2.sf((k - 1) * spread["sd_over_stderr"] ** 2, k - 1))
+    seeds - 1 degrees of freedom of ``(seeds - 1) (sd / stderr)²`` (normal estimates); 1 where no error was stated."""
+    k, ratio = spread["seeds"], spread["sd_over_stderr"]
+    if ratio is None or not math.isfinite(ratio):  # no stated error (None; inf in files written before that rule)
+        return 1.0
+    return float(stats.chi2.sf((k - 1) * ratio ** 2, k - 1))
 
 
 def _write(doc: dict, out: Path):

@@ -69,6 +69,9 @@ def test_closest_calls_are_kept_per_check_over_seeds():
                                          "sd_over_stderr": 2 ** 0.5})
     assert "y" not in spread
     from theorems.calibrate import spread_pvalue
+    exact = summarize([{**_run(1), **m, "estimates": {"a::t": {"z": [1.0, 0.0]}}},
+                       {**_run(2), **m, "estimates": {"a::t": {"z": [1.0 + 1e-16, 0.0]}}}])["estimate_spread"]["a::t"]["z"]
+    assert exact["sd_over_stderr"] is None and spread_pvalue(exact) == 1.0  # no stated error: nothing to audit
     honest = {"seeds": 20, "sd_over_stderr": 1.0}
     assert 0.3 < spread_pvalue(honest) < 0.7 and spread_pvalue({**honest, "sd_over_stderr": 2.0}) < 1e-6
     narrow = {**doc, "pytest_args": [], "estimate_spread": {"a::t": {"x": {**spread["x"], **honest, "sd_over_stderr": 2.0}}}}
