@@ -5,12 +5,11 @@ renormalised product against bare batched GEMMs of the same shapes (the floor), 
 against forming the product, and the naive per-network autograd Jacobian against ours.
 """
 
-import time
-
 import numpy as np
 import pytest
 import torch
 
+from bench_timing import best_time as _time, synchronize as _sync
 from theorems.ensembles import Ensemble, Pruning, prune_mask, sample_weights
 from theorems.seeding import generator
 from theorems.spectral import jacobian_product, krylov_log_spectral_norm, log_spectral_norm, lyapunov_qr
@@ -29,23 +28,6 @@ def layers(sizes, device):
     g = generator(0, device)
     e = Ensemble(sizes["n"], sizes["L"], batch=sizes["B"])
     return list(e.factors(g, device=device))
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, repeat=5):
-    fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def bare_gemms(layers):

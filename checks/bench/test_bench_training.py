@@ -6,11 +6,10 @@ Each benchmark times a number of full-batch GD steps of the suite's hand-written
 (the loss summed over networks, ``torch.autograd.grad``, one update per layer), timed in the same run.
 """
 
-import time
-
 import pytest
 import torch
 
+from bench_timing import best_time, synchronize as _sync
 from theorems.convolution import cnn_losses, sample_conv_kernels, train_cnn
 from theorems.ensembles import sample_weights
 from theorems.seeding import generator
@@ -25,23 +24,6 @@ SIZES = {"cpu": dict(mlp=(60, 64, 16, 16), cnn=(30, 8, 12, 16), steps=10),
 @pytest.fixture(scope="module")
 def sizes(device):
     return SIZES["cuda" if device == "cuda" else "cpu"]
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _best(fn, device, repeat=3):
-    fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def autograd_gd(losses, params, x, z, lr, steps):
@@ -65,7 +47,7 @@ def test_bench_mlp_gd_vs_autograd(benchmark, device, sizes):
     ours = train_mlp(ws, x, z, 1e-3, steps, record_every=steps, record_norms=False).weights
     ref = autograd_gd(mlp_losses, ws, x, z, 1e-3, steps)
     assert all(torch.allclose(a, r, rtol=1e-10, atol=1e-13) for a, r in zip(ours, ref))
-    naive = _best(lambda: autograd_gd(mlp_losses, ws, x, z, 1e-3, steps), device)
+    naive = best_time(lambda: autograd_gd(mlp_losses, ws, x, z, 1e-3, steps), device, 3)
     benchmark(lambda: (train_mlp(ws, x, z, 1e-3, steps, record_every=steps, record_norms=False), _sync(device)))
     benchmark.extra_info.update(autograd_s=naive, autograd_over_ours=naive / benchmark.stats.stats.min, B=b, n=n,
                                 L=depth, samples=samples, steps=steps)
@@ -81,7 +63,7 @@ def test_bench_cnn_gd_vs_autograd(benchmark, device, sizes):
     ours = train_cnn(ks, x, z, 1e-2, steps, record_every=steps, record_norms=False).weights
     ref = autograd_gd(cnn_losses, ks, x, z, 1e-2, steps)
     assert all(torch.allclose(a, r, rtol=1e-10, atol=1e-13) for a, r in zip(ours, ref))
-    naive = _best(lambda: autograd_gd(cnn_losses, ks, x, z, 1e-2, steps), device)
+    naive = best_time(lambda: autograd_gd(cnn_losses, ks, x, z, 1e-2, steps), device, 3)
     benchmark(lambda: (train_cnn(ks, x, z, 1e-2, steps, record_every=steps, record_norms=False), _sync(device)))
     benchmark.extra_info.update(autograd_s=naive, autograd_over_ours=naive / benchmark.stats.stats.min, B=b, maps=c,
                                 L=depth, samples=samples, steps=steps)
