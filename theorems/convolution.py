@@ -88,7 +88,7 @@ def cnn_forward(kernels, x):
 def cnn_losses(kernels, x, z) -> torch.Tensor:
     """Per-network loss ``(2N)^-1 ||Y_L(x) - z||^2`` averaged over the M samples (B,), ``N = c h w`` (the MLP's loss of
     full §4 on the flattened maps; :func:`train_cnn` descends it)."""
-    return _output_losses(cnn_forward(kernels, x)[-1].flatten(2), z.flatten(2))
+    return CIRCULAR_CNN.losses(cnn_forward(kernels, x)[-1], z)
 
 
 def cnn_log_norm(kernels, x0) -> torch.Tensor:
@@ -209,9 +209,6 @@ class CNNOnDigits(DigitsNetwork):
 
     def critical_weights(self, batch, depth, gen, device):
         return [sample_conv_kernels(batch, self.channels, self.size, 2.0, gen, device=device) for _ in range(depth)]
-
-    def losses(self, ws, x, z):
-        return cnn_losses(ws, x, z)
 
     def outputs(self, ws, x):
         return cnn_forward(ws, x)[-1].flatten(2)

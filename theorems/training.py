@@ -751,8 +751,8 @@ def appendix_g_variants(width: int = 64, sparsity: float = 0.75, edge_degree: in
 
 class DigitsNetwork:
     """A family of networks that :func:`trainability_of_variants` trains on scikit-learn's shipped 8x8 digits: its
-    data (inputs and one-hot targets per network), its critical weights, its loss (differentiable: the sharpness), its
-    outputs (the first 10 coordinates are the class scores) and its GD model.  ``dense``: the layers are n x n
+    data (inputs and one-hot targets per network), its critical weights, its outputs (the first 10 coordinates are the
+    class scores) and its GD model, whose loss at the outputs is the network's (differentiable: the sharpness).  ``dense``: the layers are n x n
     matrices, so that random pruning masks and correlated shifts (:class:`WeightVariant`) apply.  Instances:
     :data:`MLP_ON_DIGITS`; :class:`theorems.convolution.CNNOnDigits`."""
 
@@ -766,7 +766,8 @@ class DigitsNetwork:
         raise NotImplementedError
 
     def losses(self, ws, x, z) -> torch.Tensor:
-        raise NotImplementedError
+        """Per-network loss (B,): the GD model's loss at :meth:`outputs` (differentiable in ``ws``)."""
+        return self.model.losses(self.outputs(ws, x), z)
 
     def outputs(self, ws, x) -> torch.Tensor:
         """(B, N, outputs): the last layer's outputs per sample, flattened."""
@@ -783,9 +784,6 @@ class _MLPOnDigits(DigitsNetwork):
 
     def critical_weights(self, batch, depth, gen, device):
         return [sample_weights(batch, self.width, 2.0, gen, device=device) for _ in range(depth)]
-
-    def losses(self, ws, x, z):
-        return mlp_losses(ws, x, z)
 
     def outputs(self, ws, x):
         return mlp_forward(ws, x)[-1]

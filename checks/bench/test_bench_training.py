@@ -37,33 +37,33 @@ def autograd_gd(losses, params, x, z, lr, steps):
     return ps
 
 
+def benchmark_against_autograd(benchmark, device, train, losses, params, x, z, lr, steps, **sizes):
+    """Time ``steps`` steps of ``train`` (ours) with pytest-benchmark, after checking that it ends where plain autograd
+    GD does, and record the ratio of autograd's best time (same run) in ``extra_info``."""
+    ours = train(params, x, z, lr, steps, record_every=steps, record_norms=False).weights
+    ref = autograd_gd(losses, params, x, z, lr, steps)
+    assert all(torch.allclose(a, r, rtol=1e-10, atol=1e-13) for a, r in zip(ours, ref))
+    naive = best_time(lambda: autograd_gd(losses, params, x, z, lr, steps), device, 3)
+    benchmark(lambda: (train(params, x, z, lr, steps, record_every=steps, record_norms=False), _sync(device)))
+    benchmark.extra_info.update(autograd_s=naive, autograd_over_ours=naive / benchmark.stats.stats.min, steps=steps,
+                                **sizes)
+
+
 def test_bench_mlp_gd_vs_autograd(benchmark, device, sizes):
     """Target: the fused hand-written step faster than autograd's (ratio > 1)."""
     b, n, depth, samples = sizes["mlp"]
-    steps = sizes["steps"]
     g = generator(5, device)
     ws = [sample_weights(b, n, 2.0, g, device=device) for _ in range(depth)]
     x, z = (torch.randn(b, samples, n, generator=g, device=device, dtype=torch.float64) for _ in range(2))
-    ours = train_mlp(ws, x, z, 1e-3, steps, record_every=steps, record_norms=False).weights
-    ref = autograd_gd(mlp_losses, ws, x, z, 1e-3, steps)
-    assert all(torch.allclose(a, r, rtol=1e-10, atol=1e-13) for a, r in zip(ours, ref))
-    naive = best_time(lambda: autograd_gd(mlp_losses, ws, x, z, 1e-3, steps), device, 3)
-    benchmark(lambda: (train_mlp(ws, x, z, 1e-3, steps, record_every=steps, record_norms=False), _sync(device)))
-    benchmark.extra_info.update(autograd_s=naive, autograd_over_ours=naive / benchmark.stats.stats.min, B=b, n=n,
-                                L=depth, samples=samples, steps=steps)
+    benchmark_against_autograd(benchmark, device, train_mlp, mlp_losses, ws, x, z, 1e-3, sizes["steps"], B=b, n=n,
+                               L=depth, samples=samples)
 
 
 def test_bench_cnn_gd_vs_autograd(benchmark, device, sizes):
     """Target: the hand-written step (adjoint convolution, conv2d's weight gradient) faster than autograd's."""
     b, c, depth, samples = sizes["cnn"]
-    steps = sizes["steps"]
     g = generator(6, device)
     ks = [sample_conv_kernels(b, c, 3, 2.0, g, device=device) for _ in range(depth)]
     x, z = (torch.randn(b, samples, c, 8, 8, generator=g, device=device, dtype=torch.float64) for _ in range(2))
-    ours = train_cnn(ks, x, z, 1e-2, steps, record_every=steps, record_norms=False).weights
-    ref = autograd_gd(cnn_losses, ks, x, z, 1e-2, steps)
-    assert all(torch.allclose(a, r, rtol=1e-10, atol=1e-13) for a, r in zip(ours, ref))
-    naive = best_time(lambda: autograd_gd(cnn_losses, ks, x, z, 1e-2, steps), device, 3)
-    benchmark(lambda: (train_cnn(ks, x, z, 1e-2, steps, record_every=steps, record_norms=False), _sync(device)))
-    benchmark.extra_info.update(autograd_s=naive, autograd_over_ours=naive / benchmark.stats.stats.min, B=b, maps=c,
-                                L=depth, samples=samples, steps=steps)
+    benchmark_against_autograd(benchmark, device, train_cnn, cnn_losses, ks, x, z, 1e-2, sizes["steps"], B=b, maps=c,
+                               L=depth, samples=samples)
