@@ -161,13 +161,31 @@ def correlated_log_norms_at(ens: Ensemble, etas: Sequence[float], depths: Sequen
     return [{d: np.concatenate([p[i][d] for p in parts]) for d in wanted} for i in range(len(etas))]
 
 
+def prefix_log_singular_values(factors, depths: Sequence[int], k: int) -> dict[int, np.ndarray]:
+    """Top-k log singular values (B, k) of the product of the first l factors at each l in ``depths`` (Haas' input-side
+    intermediate Jacobians B_l, Fig. 4), from one streaming pass."""
+    return {d: _np(log_singular_values(p, k)) for d, p in products_at(factors, depths).items()}
+
+
 def log_singular_values_at(ens: Ensemble, depths: Sequence[int], k: int, gen, device="cpu") -> dict[int, np.ndarray]:
     """Top-k log singular values (B, k) at each requested depth."""
-    parts = []
-    for part in chunks(ens):
-        at = products_at(part.factors(gen, device=device, jacobian_only=True), depths)
-        parts.append({d: _np(log_singular_values(p, k)) for d, p in at.items()})
+    parts = [prefix_log_singular_values(part.factors(gen, device=device, jacobian_only=True), depths, k)
+             for part in chunks(ens)]
     return {d: np.concatenate([p[d] for p in parts]) for d in parts[0]}
+
+
+def log_gap_slope(values: dict[int, np.ndarray], upper: int, lower: int, start: int, end: int) -> np.ndarray:
+    """Per network, the per-layer slope between depths ``start < end`` of the mean log gap between modes ``upper <
+    lower`` (1-based), ``(log s_upper - log s_lower) / (lower - upper)`` (claim spectral-separation: Def. 4.7 predicts
+    ``(gamma_upper - gamma_lower) / (lower - upper)``); ``values`` maps depth -> (B, k) log singular values."""
+    if not (1 <= upper < lower and start < end):
+        raise ValueError(f"need 1 <= upper < lower and start < end; got upper={upper}, lower={lower}, "
+                         f"start={start}, end={end}")
+
+    def gap(d):
+        return (values[d][:, upper - 1] - values[d][:, lower - 1]) / (lower - upper)
+
+    return (gap(end) - gap(start)) / (end - start)
 
 
 def depth_slope(ens: Ensemble, l1: int, l2: int, gen, device="cpu") -> Estimate:
