@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .ensembles import Ensemble, Pruning
-from .experiments import alignment_profile, finite_depth_offsets, log_norms_at, log_singular_values_at, qr_exponents
+from .experiments import (alignment_profile, finite_depth_offsets, log_norms_at, log_singular_values_at,
+                          prefix_log_singular_values, qr_exponents)
 from .predictions import (
     edge_of_stability_density,
     magnitude_pruning_scale,
@@ -244,7 +245,7 @@ def fig_lyapunov(out, sizes, seed, device):
 def fig_alignment(out, sizes, seed, device):
     plt = _plt()
     g = generator(derive_seed(seed, "fig_alignment"), device)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4.2))
     for n, gates in ((8, "none"), (48, "bernoulli"), (48, "relu")):
         L = 100
         lengths = list(range(5, 96, 10))
@@ -268,7 +269,19 @@ def fig_alignment(out, sizes, seed, device):
     bx.set(xlabel="shared length l", ylabel="E log ||sin Θ_k(J, A_l)||",
            title="fixed-gates network, digits (Haas Fig. 5)")
     bx.legend(fontsize=7)
-    _caption(fig, f"left: depth 100, 64 networks, σ²=2. right: width 64, p=1/2, depth {depth}, {batch} networks, "
+    # Haas Fig. 4: the top log singular values of the input-side intermediate Jacobians B_l, init and trained
+    ls = list(range(5, depth + 1, 5))
+    k = 10
+    colours = plt.cm.viridis(np.linspace(0.9, 0.1, k))
+    for label, factors, style in (("init", initial, ":"), ("trained", trained, "-")):
+        at = prefix_log_singular_values(factors, ls, k)
+        for i in range(k):
+            cx.plot(ls, [float(np.mean(at[l][:, i])) for l in ls], style, color=colours[i], lw=1.0,
+                    label=label if i == 0 else None)
+    cx.set(xlabel="l (factors from the input end)", ylabel="E log s_k(B_l)",
+           title="top 10 of B_l, init (dotted) and trained (Haas Fig. 4)")
+    cx.legend(fontsize=7)
+    _caption(fig, f"left: depth 100, 64 networks, σ²=2. middle, right: width 64, p=1/2, depth {depth}, {batch} networks, "
                   f"{steps} GD steps on {samples} digits, final/initial loss {float(ratio.mean()):.2f}; seed {seed}.")
     _save(fig, out / "alignment.png", bottom=0.05)
 

@@ -293,6 +293,20 @@ def test_geometric_window_bias_is_exact_for_a_geometric_transient():
         geometric_window_bias(early, late, 0.0, 60)
 
 
+def test_log_gap_slope_of_linear_log_singular_values():
+    """log s_k(l) = gamma_k l + c_k: the pooled gap of modes i < j grows at (gamma_i - gamma_j)/(j - i) per layer, per
+    network (claim spectral-separation); modes out of order or an empty window are refused."""
+    from theorems.experiments import log_gap_slope
+
+    gamma, c = np.array([-0.01, -0.03, -0.06, -0.1]), np.array([[0.5, 0.1, -0.2, -0.9], [0.0, -0.4, -0.5, -1.0]])
+    values = {ell: c + gamma * ell for ell in (10, 30, 50)}
+    np.testing.assert_allclose(log_gap_slope(values, 2, 4, 30, 50), [(gamma[1] - gamma[3]) / 2] * 2, rtol=1e-12)
+    np.testing.assert_allclose(log_gap_slope(values, 1, 2, 10, 30), [gamma[0] - gamma[1]] * 2, rtol=1e-12)
+    with pytest.raises(ValueError, match="upper"):
+        log_gap_slope(values, 3, 3, 10, 30)
+    with pytest.raises(ValueError, match="start"):
+        log_gap_slope(values, 1, 2, 30, 30)
+
 def test_secant_exponent_of_a_power_law_and_its_error():
     """x^-1/2 sampled at 4 and 64: the secant is -1/2 exactly; independent end points add their errors in quadrature."""
     from theorems.stats import Estimate, secant_exponent
