@@ -681,8 +681,7 @@ def work(profile) -> float:
                  for c in FINITE_DEPTH_CASES.of(profile))
     c = profile.pick(*LOW_RANK)  # 3L products per GD step (6 L n³), the Hessian's power iteration and the SVDs
     low_rank = c.steps * (c.networks + c.controls) * (12 * c.depth * c.n**3 + 4 * c.n**2 * c.samples)
-    c = profile.pick(*TRAINED_SEPARATION)
-    separation_trained = 0.0 if c is None else (training_flops(c.networks, c.depth, TRAINED_ALIGNMENT_WIDTH, c.samples,
-                                                               c.steps) + 2 * product_flops(c.networks, c.depth,
-                                                                                            TRAINED_ALIGNMENT_WIDTH))
+    c, width = profile.pick(*TRAINED_SEPARATION), TRAINED_ALIGNMENT_WIDTH  # GD, then the products before and after
+    separation_trained = 0.0 if c is None else (training_flops(c.networks, c.depth, width, c.samples, c.steps)
+                                                + 2 * product_flops(c.networks, c.depth, width))
     return qr + convergence + separation + align + trained + finite + low_rank + separation_trained
