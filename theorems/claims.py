@@ -203,7 +203,8 @@ CLAIMS: dict[str, Claim] = {
                       "frame once the spectrum has separated); E log s_k - L gamma_k against d_{k-1} - d_k for every k "
                       "at n = 16, p = 1 (L = 128; s_k from the product SVD below the explicit product's float64 floor) "
                       "and k <= 4 at n = 64, p = 1/2 (the gate dropout caps k); the full profile adds the paper's top "
-                      "64 at n = 64, p = 1 (L = 512), k <= 24 at n = 128, p = 1/2, and the ReLU MLP."),
+                      "64 at n = 64, p = 1 (L = 512), k <= 24 at n = 128, p = 1/2, the top 64 at n = 256, p = 1/2 "
+                      "(L = 1024), and the ReLU MLP."),
               }),
         Claim("spectral-separation", "Haas Def. 4.7, Fig. 4", "haas",
               "Ordered log singular values separate linearly in depth.",

@@ -185,14 +185,18 @@ class FiniteDepthCase(NamedTuple):
 #: L (gamma_1 - gamma_16) ≈ 500, far below the explicit product's floor: the product SVD,
 #: :func:`theorems.spectral.product_svd`); at p = 1/2 k is capped by the gate dropout (a layer with fewer than k open
 #: gates, probability P(Bin(n, p) < k) per layer, makes s_k = 0; :func:`theorems.predictions.resolvable_k`'s rule at
-#: 1e-12: k = 4 at n = 64, 24 at n = 128).  The full profile reaches the paper's top 64 at n = 64, p = 1 (Haas Fig. 3).
+#: 1e-12: k = 4 at n = 64, 24 at n = 128, 64 at n = 256).  The full profile reaches the paper's top 64 at n = 64,
+#: p = 1 (Haas Fig. 3; run on the CPU in session 21, 32 min) and at n = 256, p = 1/2 (L = 1024 for L (gamma_j -
+#: gamma_j+1) >= 4.06; GPU work: on the CPU the code path ran with 2 networks per half in 95 s, b_1 = 3.45 against
+#: 3.41, so 128 per half would take about an hour and a half of one core).
 #: The quick n = 16 case has 256 networks per half (22 s with 16 frames on one thread; standard errors 0.024): with
 #: 128 (0.034, and deficit bounds of up to 0.091) the neighbouring-constant control (b_3 for b_2, 0.34 apart) had an
 #: estimated miss of 0.09 at the default seed.
 FINITE_DEPTH_CASES = Sizes(
     quick=[FiniteDepthCase(16, 1.0, "none", 128, 256, 16), FiniteDepthCase(64, 0.5, "bernoulli", 256, 256, 4, 24)],
     full=[FiniteDepthCase(16, 1.0, "none", 128, 1024, 16), FiniteDepthCase(64, 1.0, "none", 512, 256, 64),
-          FiniteDepthCase(128, 0.5, "bernoulli", 512, 256, 24), FiniteDepthCase(64, 0.5, "relu", 256, 512, 4)],
+          FiniteDepthCase(128, 0.5, "bernoulli", 512, 256, 24), FiniteDepthCase(64, 0.5, "relu", 256, 512, 4),
+          FiniteDepthCase(256, 0.5, "bernoulli", 1024, 128, 64)],
 )
 #: Haar start frames per network (``FiniteDepthCase.frames``): the spread of an offset falls from 0.44 (8 frames) to
 #: 0.37 (16) at k = 2, n = 64, p = 1/2 (measured); at n = 16, k = 16 the standard errors of 256 networks are 0.046,
