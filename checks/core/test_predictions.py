@@ -241,3 +241,18 @@ def test_gate_sign_covariance_matches_monte_carlo_of_h(seed, verdict):
                           sizes=dict(n=n, draws=h.shape[0])))
     verdict.reject(compare("vs the leading term (negative control)", mean_estimate(angles), 1 / (2 * math.pi**1.5 * n**1.5),
                            sizes=dict(n=n, draws=h.shape[0])))
+
+
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_gated_size_tables_ask_only_for_defined_exponents(profile):
+    """The gated cases of the mode-wise and finite-depth size tables ask only for exponents that the closed form
+    defines (P(a layer has fewer than k open gates) <= 1e-12): the full profile's mode-wise case at n = 16, p = 1/2
+    did not, and raised ValueError the first time it ran (session 21).  Checked on both profiles, without running."""
+    from checks.claims.test_lyapunov import FINITE_DEPTH_CASES
+    from checks.claims.test_training import MODEWISE_SIZES
+
+    for c in MODEWISE_SIZES.of(profile):
+        assert len(P.lyapunov_exponents(c.n, c.p, 1.0, 2)) == 2, c
+    for c in FINITE_DEPTH_CASES.of(profile):
+        if c.gates == "bernoulli":
+            assert P.resolvable_k(c.n, c.p, c.k + 1) == c.k + 1, c
