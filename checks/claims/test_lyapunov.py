@@ -502,6 +502,14 @@ def test_intermediate_jacobians_align_at_the_separation_rate(gates, profile, rng
                               -(g[0] - g[1]), model_error=rates["align_error"]))
 
 
+def record_training_extent(verdict, loss_ratio: torch.Tensor, change: torch.Tensor) -> None:
+    """Record how far training went (the trained alignment and separation checks): the per-network final/initial loss
+    on the digits and the relative Frobenius change of the weights (mean over layers)."""
+    verdict.record(compare("final loss / initial loss (digits)", mean_estimate(loss_ratio.cpu().numpy()), 0.0))
+    verdict.record(compare("relative weight change ||W_l(t) - W_l(0)||_F / ||W_l(0)||_F (mean over layers)",
+                           mean_estimate(change.cpu().numpy()), 0.0))
+
+
 class TrainedAlignment(NamedTuple):
     depth: int
     lengths: tuple
@@ -566,10 +574,7 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
     assert torch.isfinite(loss_ratio).all(), "training diverged"
     verdict.sizes.update(model=model, n=n, L=L, lengths=list(lengths), B=batch, steps=steps, samples=samples, data="digits",
                  k=k)
-    verdict.record(compare("final loss / initial loss (digits)", mean_estimate(loss_ratio.cpu().numpy()),
-                           0.0))
-    verdict.record(compare("relative weight change ||W_l(t) - W_l(0)||_F / ||W_l(0)||_F (mean over layers)",
-                           mean_estimate(change.cpu().numpy()), 0.0))
+    record_training_extent(verdict, loss_ratio, change)
     # The no-alignment control has too little power at quick sizes once the model error is an upper bound of the
     # window change (not its point estimate, which can be 0 by chance: alignment_rates): at the default seed the
     # span slope is -0.029 against a detectable 0.14 (gated, 32 networks) and 0.055 (ReLU, 128): recorded in the
@@ -630,6 +635,7 @@ def test_separation_persists_after_training(profile, rng, device, verdict):
     top, bottom = BULK_MODES
     depths = (20, (20 + c.depth) // 2, c.depth)
     l0, l1, l2 = depths
+    assert l1 - l0 == l2 - l1, "the bias bound compares windows of equal span"
     initial, trained, loss_ratio = trained_fixed_gates_network(c.depth, c.networks, c.steps, c.samples, rng, device)
     assert torch.isfinite(loss_ratio).all(), "training diverged"
     before = prefix_log_singular_values(initial, depths, bottom + 1)
@@ -638,10 +644,8 @@ def test_separation_persists_after_training(profile, rng, device, verdict):
     pred = ens.lyapunov_exponents(bottom + 1, max_dropout=BULK_MAX_DROPOUT)
     verdict.sizes.update(n=TRAINED_ALIGNMENT_WIDTH, p=0.5, L=c.depth, depths=list(depths), B=c.networks,
                          steps=c.steps, samples=c.samples, data="digits", modes=list(BULK_MODES))
-    verdict.record(compare("final loss / initial loss (digits)", mean_estimate(loss_ratio.cpu().numpy()), 0.0))
-    change = relative_weight_change([f.weight for f in trained], [f.weight for f in initial])
-    verdict.record(compare("relative weight change ||W_l(t) - W_l(0)||_F / ||W_l(0)||_F (mean over layers)",
-                           mean_estimate(change.cpu().numpy()), 0.0))
+    record_training_extent(verdict, loss_ratio,
+                           relative_weight_change([f.weight for f in trained], [f.weight for f in initial]))
 
     checked, other = slice(0, c.networks // 2), slice(c.networks // 2, None)
     half = {d: v[other] for d, v in after.items()}
