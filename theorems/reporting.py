@@ -24,14 +24,14 @@ import pytest
 from scipy import stats as _stats
 
 from . import __version__
-from .claims import MAIN, PINNED_VERSIONS, claim_from_dict, registered_claims
+from .claims import MAIN, PINNED_VERSIONS, Claim, Statement, claim_from_dict, registered_claims
 from .seeding import canonical_nodeid
 from .budget import ASSERTION_SLOTS, PER_ASSERTION_RATE, budget_summary
 from .stats import FALSE_FAIL_RATE, Comparison, assert_consistent, assert_rejects
 
-__all__ = ["SCHEMA_VERSION", "Verdict", "ReportPlugin", "compare_with_baseline"]
+__all__ = ["SCHEMA_VERSION", "Verdict", "ReportPlugin", "compare_with_baseline", "merge_reports"]
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 
 def validate_options(config):
@@ -216,6 +216,74 @@ def claim_table(tests: list[dict], registered: dict | None = None, claims: dict 
     return table
 
 
+def claims_of_report(doc: dict) -> dict:
+    """id -> :class:`~theorems.claims.Claim` as a report's claim table states them (a merge needs no registry)."""
+    return {cid: Claim(cid, c["source"], c.get("version", ""), c["printed"], c["reading"],
+                       errata=tuple(c.get("errata", ())),
+                       statements={name: Statement(st["source"], st["printed"], st["reading"])
+                                   for name, st in (c.get("statements") or {}).items() if name != MAIN})
+            for cid, c in doc["claims"].items()}
+
+
+#: What every part of a merged report must share.
+MERGE_KEYS = ("schema_version", "profile", "master_seed", "false_fail_rate")
+
+
+def merge_reports(docs: list[dict], registered: dict | None = None) -> dict:
+    """One report from the reports of runs that each ran a part of the suite at one profile and master seed: a
+    reference run assembled from time-limited commands (:mod:`theorems.reference`; issue 15's full profile on a GPU
+    whose commands stop after 10 minutes).  The numbers are those of one run: a check's numbers depend only on the
+    master seed and its node id.
+
+    A check that two parts finished is an error (remove the stale part); a check a part left unfinished (interrupted:
+    ``incomplete``) counts as not run.  ``registered``: node id -> [[claim, statement], ...] of the suite's checks
+    (:func:`collect_registered_checks`): the registered checks no part finished are listed under ``missing`` and
+    make their claims ``partial``.  The budget is recomputed over every merged assertion (the per-assertion level is
+    the suite's, whatever the selection); ``duration_s`` is the sum of the parts'; ``parts`` gives each part's run,
+    device, torch, commit, duration and checks.  Merging the same parts gives the same document."""
+    if not docs:
+        raise ValueError("merge_reports needs at least one report")
+    docs = sorted(docs, key=lambda d: d["run"])
+    for key in MERGE_KEYS:
+        values = {json.dumps(d.get(key)) for d in docs}
+        if len(values) > 1:
+            raise ValueError(f"the parts disagree on {key}: {sorted(values)} (a merged report is one profile at one "
+                             "master seed)")
+    tests, owner = {}, {}
+    for d in docs:
+        for t in d["tests"]:
+            if t["outcome"] == "incomplete":
+                continue
+            if t["nodeid"] in tests:
+                raise ValueError(f"{t['nodeid']} was run by two parts, {owner[t['nodeid']]} and {d['run']}: remove "
+                                 "the stale part")
+            tests[t["nodeid"]], owner[t["nodeid"]] = t, d["run"]
+    tests = [tests[k] for k in sorted(tests)]
+    claims = {}
+    for d in docs:  # the latest part's texts
+        claims.update(claims_of_report(d))
+    missing = sorted(set(registered or {}) - {t["nodeid"] for t in tests})
+    parts = [{"run": d["run"], "device": d.get("device"), "torch": d.get("torch"), "commit": d.get("commit"),
+              "duration_s": d.get("duration_s"), "workers": d.get("workers"), "interrupted": d.get("interrupted"),
+              "checks": sorted(n for n, r in owner.items() if r == d["run"])} for d in docs]
+
+    def joined(key):
+        return ", ".join(dict.fromkeys(str(d.get(key)) for d in docs))
+
+    first = docs[0]
+    meta = {
+        **{key: first.get(key) for key in MERGE_KEYS}, "suite_version": docs[-1].get("suite_version"),
+        "run": docs[-1]["run"], "device": joined("device"), "commit": joined("commit"),
+        "budget": run_budget(tests), "duration_s": round(sum(float(d.get("duration_s") or 0) for d in docs), 2),
+        "python": joined("python"), "torch": joined("torch"), "pinned_versions": docs[-1].get("pinned_versions"),
+        "workers": joined("workers"), "interrupted": False,
+        "selection": {"args": [], "keyword": "", "markexpr": "", "deselect": [], "filtered": bool(missing)},
+        "checks_registered": len(registered) if registered is not None else None,
+        "baseline": None, "parts": parts, "missing": missing,
+    }
+    return _jsonable({**meta, "claims": claim_table(tests, registered, claims), "tests": tests})
+
+
 def compare_with_baseline(current: list[dict], baseline: dict) -> list[str]:
     """Statistics that moved beyond sampling error since the baseline.
 
@@ -354,7 +422,7 @@ class ReportPlugin:
             "profile": opt("profile"), "device": self.config._theorems_device, "master_seed": opt("seed"),
             "false_fail_rate": FALSE_FAIL_RATE, "budget": self.budget, "duration_s": round(time.time() - self.started, 2),
             "python": platform.python_version(), "torch": _torch_version(), "pinned_versions": PINNED_VERSIONS,
-            "workers": os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"),
+            "workers": os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"), "commit": source_commit(self.config.rootpath),
             "interrupted": interrupted, "selection": selection,
             "checks_registered": None if registered is None else len(registered),
             "baseline": {"file": base, "problems": self.baseline_problems} if base else None,
@@ -442,11 +510,9 @@ def registered_checks(config) -> dict:
     in a subprocess (a few seconds; only for filtered or interrupted runs).  The result is cached in the temporary
     directory under a key that hashes every file the collection reads (the test paths' and the package's Python
     files, ``conftest.py``, ``pyproject.toml``) and the profile, so repeated ``-k`` runs of unchanged code collect once."""
-    import subprocess
-    import sys
     import tempfile
 
-    from .plugin import CLAIMS_MAP_ENV, option
+    from .plugin import option
 
     cache = Path(tempfile.gettempdir()) / f"theorems-claims-map-{_collection_key(config)}.json"
     if cache.exists():
@@ -454,27 +520,42 @@ def registered_checks(config) -> dict:
             return json.loads(cache.read_text())
         except (OSError, ValueError):
             pass  # a damaged cache entry: collect again
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "claims.json"
-        no_xdist = ["-n", "0"] if config.pluginmanager.hasplugin("xdist") else []  # a user project may lack xdist
-        cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *no_xdist,
-               f"--theorems-profile={option(config, 'profile')}",
-               *[str(p) for p in (config.getini("testpaths") or [])]]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
-        env[CLAIMS_MAP_ENV] = str(out)
-        subprocess.run(cmd, cwd=config.rootpath, capture_output=True, text=True, env=env, timeout=300)
-        if not out.exists():
-            import warnings
+    found = collect_registered_checks(config.rootpath, option(config, "profile"), config.getini("testpaths") or [],
+                                      xdist=config.pluginmanager.hasplugin("xdist"))
+    if found is None:
+        import warnings
 
-            warnings.warn(f"theorems: could not collect the suite's registered checks ({' '.join(cmd)}): verdicts count "
-                          "only the checks that ran", stacklevel=1)
-            return {}
-        found = {k: v for k, v in json.loads(out.read_text()).items() if v}
+        warnings.warn("theorems: could not collect the suite's registered checks: verdicts count only the checks that "
+                      "ran", stacklevel=1)
+        return {}
     try:
         write_atomically(cache, json.dumps(found))
     except OSError:
         pass  # no cache: the next filtered run collects again
     return found
+
+
+def collect_registered_checks(root, profile: str, paths=(), *, xdist: bool = True) -> dict | None:
+    """node id -> [[claim, statement], ...] of every claim check that ``pytest --collect-only`` finds under ``paths``
+    (default: the project's test paths) in ``profile``, run in a subprocess in ``root``; None if the collection
+    failed.  Shared by :func:`registered_checks` and :mod:`theorems.reference`."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from .plugin import CLAIMS_MAP_ENV
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "claims.json"
+        no_xdist = ["-n", "0"] if xdist else []  # a user project may lack xdist
+        cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *no_xdist,
+               f"--theorems-profile={profile}", *[str(p) for p in paths]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+        env[CLAIMS_MAP_ENV] = str(out)
+        subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=300)
+        if not out.exists():
+            return None
+        return {k: v for k, v in json.loads(out.read_text()).items() if v}
 
 
 def _collection_key(config) -> str:
@@ -492,6 +573,28 @@ def _collection_key(config) -> str:
         if f.is_file():
             h.update(str(f).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:24]
+
+
+#: Overrides :func:`source_commit` where the source has no git metadata (a copy of a checkout on another machine).
+SOURCE_COMMIT_ENV = "THEOREMS_SOURCE_COMMIT"
+
+
+def source_commit(root) -> str | None:
+    """The commit of the code a run ran (``verdicts.json``'s ``commit``): ``git rev-parse HEAD`` in ``root``, with
+    ``+dirty`` when tracked files differ from it; :data:`SOURCE_COMMIT_ENV` when set; None outside a git checkout."""
+    import subprocess
+
+    if os.environ.get(SOURCE_COMMIT_ENV):
+        return os.environ[SOURCE_COMMIT_ENV]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _torch_version():
@@ -559,6 +662,14 @@ def _cell(text: str) -> str:
 
 def _selection_lines(doc) -> list[str]:
     sel, lines = doc.get("selection") or {}, []
+    if doc.get("parts") is not None:  # a merged report (merge_reports)
+        lines.append(f"**Assembled from {len(doc['parts'])} part(s)** (`python -m theorems.reference`): " + "; ".join(
+            f"{p['run']} on {p['device']} ({len(p['checks'])} checks, {p['duration_s']} s, commit {_short(p['commit'])})"
+            for p in doc["parts"]) + ".")
+        if doc.get("missing"):
+            lines.append(f"**Not yet run**: {len(doc['missing'])} of {doc.get('checks_registered')} registered checks "
+                         "(their claims are `partial`): " + ", ".join(f"`{m}`" for m in doc["missing"]))
+        return [x for line in lines for x in (line, "")]
     if doc.get("interrupted"):
         lines.append("**This run was interrupted**: verdicts cover only the checks that reported.")
     if sel.get("filtered"):
@@ -567,6 +678,14 @@ def _selection_lines(doc) -> list[str]:
         lines.append(f"**Filtered run** ({what}): {ran} of {doc.get('checks_registered')} registered claim checks "
                      "ran; a claim is `partial` when some of its checks did not run.")
     return [x for line in lines for x in (line, "")]
+
+
+def _short(commit) -> str:
+    """A commit as the summary shows it: 10 hex digits, ``+dirty`` kept."""
+    if not commit:
+        return str(commit)
+    head, dirty, rest = str(commit).partition("+")
+    return head[:10] + (dirty + rest if dirty else "")
 
 
 def _budget_line(b) -> str:

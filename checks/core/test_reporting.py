@@ -185,3 +185,91 @@ def test_summary_key_figures_of_a_claim_are_its_own_statements():
            "tests": tests, "claims": claim_table(tests)}
     row = next(line for line in render_summary(doc).splitlines() if line.startswith("| `approx-gates` |"))
     assert "main statistic" in row and "remark statistic" not in row
+
+
+def _check(nodeid, claim, outcome="passed", level=1 - PER_ASSERTION_RATE):
+    return {"nodeid": nodeid, "claims": [claim], "statements": [[claim, "main"]], "outcome": outcome, "printed": False,
+            "duration": 1.0, "seed": 1, "message": "", "notes": {},
+            "records": [{"role": "check", "statistic": "s", "level": level, "estimate": 0.0, "stderr": 0.1,
+                         "prediction": 0.0, "ci_low": -0.5, "ci_high": 0.5, "model_error": 0.0, "min_discrepancy": 0.5,
+                         "n": 10, "sizes": {"n": 4}}]}
+
+
+def _part(run, tests, **meta):
+    return {"schema_version": SCHEMA_VERSION, "profile": "full", "master_seed": 7, "false_fail_rate": 1e-3, "run": run,
+            "device": "cuda:0", "duration_s": 100.0, "torch": "2.11", "commit": "c0ffee", "interrupted": False,
+            "claims": claim_table(tests), "tests": tests, **meta}
+
+
+def test_merged_parts_make_one_report_with_the_missing_checks_partial():
+    """A reference run in parts (theorems.reference): the parts' finished checks make one report, a check a part left
+    unfinished counts as not run, the budget and durations add up, and merging is independent of the parts' order."""
+    from theorems.reporting import merge_reports, render_summary
+
+    registered = {"l::a": [["lyapunov", "main"]], "l::b": [["lyapunov", "main"]], "g::c": [["approx-gates", "main"]]}
+    first = _part("20261201T000000Z", [_check("l::a", "lyapunov"), _check("l::b", "lyapunov", "incomplete")],
+                  interrupted=True)
+    second = _part("20261202T000000Z", [_check("g::c", "approx-gates")], device="cuda:1", duration_s=50.0)
+    doc = merge_reports([first, second], {k: v for k, v in registered.items() if k != "l::b"})
+    assert [t["nodeid"] for t in doc["tests"]] == ["g::c", "l::a"] and doc["missing"] == []
+    assert doc["claims"]["lyapunov"]["verdict"] == "confirmed" and doc["claims"]["approx-gates"]["verdict"] == "confirmed"
+    assert doc["duration_s"] == 150.0 and doc["device"] == "cuda:0, cuda:1" and doc["budget"]["slots_used"] == 2
+    assert [p["checks"] for p in doc["parts"]] == [["l::a"], ["g::c"]] and doc["run"] == second["run"]
+    assert merge_reports([second, first], {k: v for k, v in registered.items() if k != "l::b"}) == doc
+    partial = merge_reports([first, second], registered)  # l::b was cut off: not run
+    assert partial["missing"] == ["l::b"] and partial["claims"]["lyapunov"]["verdict"] == "partial"
+    assert partial["claims"]["lyapunov"]["checks_ran"] == "1 of 2" and partial["selection"]["filtered"]
+    summary = render_summary(partial)
+    assert "Assembled from 2 part(s)" in summary and "**Not yet run**: 1 of 3" in summary and "`l::b`" in summary
+
+
+def test_merging_refuses_parts_that_are_not_one_run():
+    """Two parts that both finished a check (a stale part), or parts at different master seeds or profiles, cannot
+    be one reference run: the error names the check or the field."""
+    from theorems.reporting import merge_reports
+
+    one = _part("20261201T000000Z", [_check("l::a", "lyapunov")])
+    with pytest.raises(ValueError, match="l::a was run by two parts"):
+        merge_reports([one, _part("20261202T000000Z", [_check("l::a", "lyapunov", "failed")])])
+    with pytest.raises(ValueError, match="master_seed"):
+        merge_reports([one, _part("20261202T000000Z", [_check("l::b", "lyapunov")], master_seed=8)])
+    with pytest.raises(ValueError, match="profile"):
+        merge_reports([one, _part("20261202T000000Z", [_check("l::b", "lyapunov")], profile="quick")])
+    with pytest.raises(ValueError, match="at least one"):
+        merge_reports([])
+
+
+def test_reference_run_resumes_where_the_last_part_stopped(tmp_path):
+    """``python -m theorems.reference run``: each part runs only what no earlier part finished, is stored under
+    DIR/parts with its commit, and DIR/verdicts.json is the merge; ``status`` lists what is left (exit 1)."""
+    first, second = SELECTION
+    ref = tmp_path / "ref"
+
+    def reference(*args):
+        cmd = [sys.executable, "-m", "theorems.reference", *args[:1], str(ref), "--profile", "quick", "--device", "cpu",
+               *args[1:]]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    res = reference("run", "--", "-n", "0", "-q", "-k", "test_log_image_norm_is_exactly_L_gamma1 and 3-bernoulli")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    res = reference("run", "--", "-n", "0", "-q", "-k", "test_log_image_norm_is_exactly_L_gamma1 and 3-bernoulli or "
+                    "test_printed_gates_independent_of_weights")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    parts = sorted((ref / "parts").iterdir())
+    ran = [[t["nodeid"] for t in json.loads((p / "verdicts.json").read_text())["tests"]] for p in parts]
+    assert ran == [[first], [second]]  # the second part did not rerun the first check
+    assert all((p / "pytest.log").exists() for p in parts)
+    doc = json.loads((ref / "verdicts.json").read_text())
+    assert sorted(t["nodeid"] for t in doc["tests"]) == sorted(SELECTION) and len(doc["parts"]) == 2
+    assert doc["missing"] and first not in doc["missing"] and doc["claims"]["lyapunov"]["verdict"] == "partial"
+    assert doc["parts"][0]["commit"]  # a git checkout: the commit the part ran
+    status = reference("status")
+    assert status.returncode == 1 and f"{2} of {doc['checks_registered']} checks finished" in status.stdout
+
+
+def test_reference_rejects_a_time_limit_that_is_not_positive():
+    from theorems.reference import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["run", "ref", "--time-limit", "0"])
+    assert parse_args(["run", "ref", "--", "-n", "4"]).pytest_args == ["-n", "4"]
