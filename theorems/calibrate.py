@@ -2,6 +2,7 @@
 
     python -m theorems.calibrate --seeds N [--start S] [--workers W] [--ray ADDRESS|auto] [--out=FILE]
                                  [-- PYTEST_ARGS...]
+    python -m theorems.calibrate --pool FILE [FILE ...] [--out=FILE]
 
 Each seed is one ``python -m pytest --seed S`` run of the suite (or of the selection PYTEST_ARGS make) in its own
 process, writing its report to a temporary directory; the command gathers, per seed, the exit status, the duration,
@@ -27,6 +28,12 @@ xdist workers of one run).  With ``--ray auto`` (a local Ray instance) or ``--ra
 ``CUDA_VISIBLE_DEVICES``; for a remote cluster the repository travels as the job's working directory, and its
 nodes need the suite's dependencies).  The numbers are identical on both paths: a run's numbers depend only on
 its master seed and the node ids.  Ray is the optional extra ``distributed`` and is imported only when asked for.
+
+``--pool`` adds up calibrations made at different times (the 100 seeds a 1% rate needs, gathered over sessions on a
+2-core machine): same pytest arguments, no seed twice; failures, intervals, closest calls and the estimates' spread
+(means and variances combined exactly from each file's per-statistic summaries) are those of one calibration over
+all the seeds, and ``pooled_from`` lists each file with its seeds, place and commit.  Whether the code was the same
+is the caller's to show (e.g. the default seed's records unchanged between the commits); the commits are recorded.
 
 Everything is validated before the first seed runs: the counts, the Ray extra and address, and the pytest
 arguments (one ``--collect-only`` pass).  A run interrupted with Ctrl-C (or SIGTERM) writes what it has
@@ -55,7 +62,7 @@ import numpy as np
 from scipy import stats
 
 from .budget import PER_ASSERTION_RATE, SUITE_FALSE_FAIL_RATE
-from .reporting import record_number
+from .reporting import record_number, source_commit
 
 __all__ = ["main", "run_seed", "summarize", "parse_args", "FLAG_LEVEL"]
 
@@ -78,7 +85,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     else:
         own, pytest_args = argv, []
     p = argparse.ArgumentParser(prog="python -m theorems.calibrate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, required=True, help="number of master seeds (>= 1)")
+    p.add_argument("--seeds", type=int, default=None, help="number of master seeds (>= 1)")
+    p.add_argument("--pool", nargs="+", default=None, metavar="FILE",
+                   help="add up these calibration files (same pytest arguments, no seed twice) instead of running")
     p.add_argument("--start", type=int, default=1, help="first master seed (>= 0; default 1)")
     p.add_argument("--workers", type=int, default=None,
                    help="seeds run at once on this machine (>= 1; default: cores / xdist workers per run)")
@@ -88,6 +97,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cwd", default=str(ROOT), help=argparse.SUPPRESS)
     args = p.parse_args(own)
     args.pytest_args = pytest_args
+    if args.pool is not None:
+        if args.seeds is not None or args.ray or args.workers is not None or pytest_args:
+            p.error("--pool adds up existing files: it takes no --seeds, --workers, --ray or PYTEST_ARGS")
+        return args
+    if args.seeds is None:
+        p.error("--seeds is required (or --pool FILE ... to add up calibrations)")
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1; got {args.seeds}")
     if args.start < 0:
@@ -265,10 +280,72 @@ def summarize(runs: list[dict], *, complete: bool = True, meta: dict | None = No
     }
 
 
+def pooled_spread(parts: list[dict]) -> dict:
+    """:func:`estimate_spread` of all the seeds from each calibration's own: counts add, means are weighted, and the
+    variance is the within-file sums of squares plus the between-file ones (exact, as from the runs themselves)."""
+    grouped: dict = {}
+    for part in parts:
+        for nid, per in part.items():
+            for stat, v in per.items():
+                grouped.setdefault(nid, {}).setdefault(stat, []).append(v)
+    out = {}
+    for nid, per in grouped.items():
+        for stat, vs in per.items():
+            k = sum(v["seeds"] for v in vs)
+            mean = sum(v["seeds"] * v["mean"] for v in vs) / k
+            squares = sum((v["seeds"] - 1) * v["sd"] ** 2 + v["seeds"] * (v["mean"] - mean) ** 2 for v in vs)
+            mean_err = sum(v["seeds"] * v["mean_stderr"] for v in vs) / k
+            sd = math.sqrt(squares / (k - 1))
+            out.setdefault(nid, {})[stat] = {"seeds": k, "mean": mean, "sd": sd, "mean_stderr": mean_err,
+                                             "sd_over_stderr": sd / mean_err if mean_err > 0 else None}
+    return out
+
+
+def pool(docs: list[dict], sources: list[str]) -> dict:
+    """One calibration from several (``--pool``; see the module docstring).  Raises :class:`CalibrationError` for
+    files with different pytest arguments or a seed in two files."""
+    arguments = {json.dumps(d.get("pytest_args", [])) for d in docs}
+    if len(arguments) > 1:
+        raise CalibrationError(f"--pool: the files ran different pytest arguments ({sorted(arguments)}): a pooled rate "
+                               "is that of one selection")
+    seen = Counter(seed for d in docs for seed in d["seeds"])
+    twice = sorted(seed for seed, c in seen.items() if c > 1)
+    if twice:
+        raise CalibrationError(f"--pool: seeds {twice} are in more than one file: each seed counts once")
+    runs = [dict(r) for d in docs for r in d["runs"]]
+    flagged_share = {f["nodeid"]: f["share"] for d in docs for f in d.get("flagged", [])}
+    for r in runs:  # a failed check's share of the budget, where its file flagged it (else one slot: conservative)
+        r.setdefault("check_slots", {nid: flagged_share[nid] / PER_ASSERTION_RATE for nid in r["failed"]
+                                     if nid in flagged_share})
+    meta = {"pytest_args": docs[0].get("pytest_args", []), "where": "pooled",
+            "xdist_workers_per_run": docs[0].get("xdist_workers_per_run"),
+            "started": min(str(d.get("started", "")) for d in docs),
+            "pooled_from": [{"file": src, "seeds": len(d["seeds"]), "first_seed": min(d["seeds"]),
+                             "last_seed": max(d["seeds"]), "where": d.get("where"), "commit": d.get("commit"),
+                             "complete": d.get("complete", True)} for src, d in zip(sources, docs)]}
+    doc = summarize(runs, complete=all(d.get("complete", True) for d in docs), meta=meta)
+    tightest, weakest = {}, {}
+    for d in docs:
+        for nid, v in d.get("tightest_checks", {}).items():
+            if nid not in tightest or v["headroom"] < tightest[nid]["headroom"]:
+                tightest[nid] = v
+        for nid, v in d.get("weakest_controls", {}).items():
+            if nid not in weakest or v["miss_probability"] > weakest[nid]["miss_probability"]:
+                weakest[nid] = v
+    doc["tightest_checks"] = dict(sorted(tightest.items(), key=lambda kv: kv[1]["headroom"]))
+    doc["weakest_controls"] = dict(sorted(weakest.items(), key=lambda kv: -kv[1]["miss_probability"]))
+    doc["estimate_spread"] = pooled_spread([d.get("estimate_spread", {}) for d in docs])
+    return doc
+
+
 def render_markdown(doc: dict) -> str:
     lines = [f"# Calibration: {len(doc['seeds'])} master seeds" + ("" if doc["complete"] else " (INCOMPLETE)"), "",
              f"pytest arguments: `{' '.join(doc.get('pytest_args', [])) or '(whole suite)'}` · where: "
              f"{doc.get('where', '?')} · mean duration {doc['mean_duration_s']} s", ""]
+    if doc.get("pooled_from"):
+        lines += ["Pooled from: " + "; ".join(f"`{p['file']}` (seeds {p['first_seed']}-{p['last_seed']}, {p['seeds']} "
+                                               f"runs, commit {p['commit'] or 'not recorded'})"
+                                               for p in doc["pooled_from"]), ""]
     if doc["failure_rate"] is not None:
         lo, hi = doc["failure_rate_ci95"]
         lines += [f"**Runs with a failure: {len(doc['suite_failures'])} of {len(doc['seeds'])}** "
@@ -434,6 +511,8 @@ class _Interrupted(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.pool is not None:
+        return main_pool(args)
     seeds = list(range(args.start, args.start + args.seeds))
     per_run = xdist_workers(args.pytest_args)
     workers = args.workers or max(1, (os.cpu_count() or 1) // per_run)
@@ -450,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     where = f"ray {args.ray}" if args.ray else f"local, {workers} at once"
     meta = {"pytest_args": args.pytest_args, "where": where, "xdist_workers_per_run": per_run,
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "commit": source_commit(args.cwd), "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     # a background job ignores Ctrl-C's SIGINT: let SIGTERM stop it the same way (finished seeds are written)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     print(f"calibrating: seeds {seeds[0]}..{seeds[-1]} ({where}); pytest {' '.join(args.pytest_args) or '(whole suite)'}",
@@ -468,6 +547,25 @@ def main(argv: list[str] | None = None) -> int:
           f"{SUITE_FALSE_FAIL_RATE:g}); flagged: {[f['nodeid'] for f in doc['flagged']] or 'none'}; wrote {out}"
           + ("" if complete else " (INCOMPLETE: interrupted)"), flush=True)
     return 0 if complete else 130
+
+
+def main_pool(args) -> int:
+    out = Path(args.out) if args.out else Path(args.cwd) / "reports" / "calibration" / (
+        _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-pooled.json")
+    try:
+        docs = [json.loads(Path(f).read_text()) for f in args.pool]
+        doc = pool(docs, [str(f) for f in args.pool])
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: --pool: {exc}", file=sys.stderr)
+        return 2
+    except CalibrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _write(doc, out)
+    lo, hi = doc["failure_rate_ci95"]
+    print(f"pooled {len(docs)} files: {len(doc['suite_failures'])} of {len(doc['seeds'])} runs failed (95% interval "
+          f"[{lo:.3g}, {hi:.3g}]); wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -690,14 +690,14 @@ def low_rank_regression_path(width: int, depth: int, ranks, samples: int, steps:
 
 
 def trained_fixed_gates_network(depth: int, batch: int, steps: int, samples: int, rng, device="cpu",
-                                fraction: float = 0.9):
-    """Haas' fixed-gates linear network (p = 1/2, σ² = 2, width 64) trained by full-batch GD on the shipped
-    digits (:func:`regression_data`), each network at ``fraction`` of its own stability bound
+                                fraction: float = 0.9, *, width: int = 64):
+    """Haas' fixed-gates linear network (p = 1/2, σ² = 2, width 64 as in his Fig. 4) trained by full-batch GD on the
+    shipped digits (:func:`regression_data`), each network at ``fraction`` of its own stability bound
     (:func:`stable_learning_rate`).  Returns ``(initial_factors, trained_factors, loss_ratio)``: Jacobian factors
     ``(W_1, None), (W_l, D_{l-1})`` before and after training, and the per-network final/initial loss."""
     from .ensembles import Ensemble
 
-    n = 64
+    n = check_int("width", width)
     x, z = regression_data("digits", batch, samples, n, rng, device)
     ens = Ensemble(n, depth, sigma2=2.0, gates="bernoulli", batch=batch, input_gate=False)
     factors = list(ens.factors(rng, device=device))

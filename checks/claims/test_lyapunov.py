@@ -561,7 +561,7 @@ def test_alignment_persists_after_training(model, profile, rng, device, verdict)
     n, k = TRAINED_ALIGNMENT_WIDTH, 10
     L, lengths, batch, steps, samples = profile.pick(*TRAINED_ALIGNMENT)[model]
     if model == "gated":
-        initial, factors, loss_ratio = trained_fixed_gates_network(L, batch, steps, samples, rng, device)
+        initial, factors, loss_ratio = trained_fixed_gates_network(L, batch, steps, samples, rng, device, width=n)
         change = relative_weight_change([f.weight for f in factors], [f.weight for f in initial])
     else:
         x, z = regression_data("digits", batch, samples, n, rng, device)
@@ -636,7 +636,8 @@ def test_separation_persists_after_training(profile, rng, device, verdict):
     depths = (20, (20 + c.depth) // 2, c.depth)
     l0, l1, l2 = depths
     assert l1 - l0 == l2 - l1, "the bias bound compares windows of equal span"
-    initial, trained, loss_ratio = trained_fixed_gates_network(c.depth, c.networks, c.steps, c.samples, rng, device)
+    initial, trained, loss_ratio = trained_fixed_gates_network(c.depth, c.networks, c.steps, c.samples, rng, device,
+                                                                  width=TRAINED_ALIGNMENT_WIDTH)
     assert torch.isfinite(loss_ratio).all(), "training diverged"
     before = prefix_log_singular_values(initial, depths, bottom + 1)
     after = prefix_log_singular_values(trained, depths, bottom + 1)

@@ -149,3 +149,47 @@ def test_bad_input_fails_before_any_run_and_writes_nothing(tmp_path, args, messa
     err = capsys.readouterr().err
     assert status == 2 and message in err, err
     assert not (tmp_path / "cal.json").exists()
+
+
+def test_pooled_calibrations_equal_one_calibration_over_all_their_seeds(tmp_path):
+    """``--pool``: counts, closest calls and the estimates' spread of two calibration files are those of one
+    calibration over all their seeds (the spread's mean and variance combined exactly from the files' summaries);
+    files with different pytest arguments or a shared seed are refused."""
+    import random
+
+    from theorems.calibrate import main, pool
+
+    rnd = random.Random(3)
+
+    def seeded(seed, failed=()):
+        est = {"a::t": {"x": [rnd.gauss(1.0, 0.3), 0.25 + 0.1 * rnd.random()], "y": [rnd.gauss(0, 2), 1.0]}}
+        return {**_run(seed, failed), "headroom": {"a::t": [1.0 + rnd.random(), "x"]},
+                "control_miss": {"a::t": [rnd.random() * 1e-4, "c"]}, "estimates": est}
+
+    runs = [seeded(s, ["a::t"] if s == 4 else ()) for s in range(1, 12)]
+    whole = summarize(runs)
+    first, second = ({**summarize(part), "pytest_args": ["-k", "t"]} for part in (runs[:5], runs[5:]))
+    pooled = pool([first, second], ["one.json", "two.json"])
+    assert pooled["seeds"] == whole["seeds"] and pooled["suite_failures"] == [4]
+    assert pooled["failure_rate_ci95"] == whole["failure_rate_ci95"]
+    assert pooled["failures_per_check"] == whole["failures_per_check"] == {"a::t": 1}
+    assert pooled["tightest_checks"] == whole["tightest_checks"] and pooled["weakest_controls"] == whole["weakest_controls"]
+    for stat in ("x", "y"):
+        assert pooled["estimate_spread"]["a::t"][stat] == pytest.approx(whole["estimate_spread"]["a::t"][stat], rel=1e-12)
+    assert [p["seeds"] for p in pooled["pooled_from"]] == [5, 6] and pooled["pytest_args"] == ["-k", "t"]
+    with pytest.raises(calibrate.CalibrationError, match="seeds \\[5\\]"):
+        pool([first, {**second, "seeds": [5, *second["seeds"]]}], ["one.json", "two.json"])
+    with pytest.raises(calibrate.CalibrationError, match="different pytest arguments"):
+        pool([first, {**second, "pytest_args": []}], ["one.json", "two.json"])
+    files = []
+    for name, doc in (("one.json", first), ("two.json", second)):
+        files.append(tmp_path / name)
+        files[-1].write_text(json.dumps(doc))
+    out = tmp_path / "pooled.json"
+    assert main(["--pool", *map(str, files), f"--out={out}"]) == 0
+    assert json.loads(out.read_text())["seeds"] == list(range(1, 12)) and "Pooled from" in out.with_suffix(".md").read_text()
+    assert main(["--pool", str(files[0]), str(files[0]), f"--out={out}"]) == 2  # the same file twice: every seed twice
+    with pytest.raises(SystemExit):
+        calibrate.parse_args(["--pool", str(files[0]), "--seeds", "3"])
+    with pytest.raises(SystemExit):
+        calibrate.parse_args([])
