@@ -117,7 +117,6 @@ def run_part(directory: Path, checks: list[str], *, profile: str, device: str, t
             echo.join(timeout=30)
         latest = reports / "latest"
         if not (latest / "verdicts.json").exists():
-            print(log.read_text()[-3000:])
             return None
         part = Path(directory) / "parts" / latest.resolve().name
         part.parent.mkdir(parents=True, exist_ok=True)
@@ -179,12 +178,17 @@ def main(argv: list[str] | None = None) -> int:
             part = run_part(directory, missing, profile=args.profile, device=args.device, time_limit=args.time_limit,
                             pytest_args=args.pytest_args, root=args.root)
             if part is None:
-                print("theorems.reference: pytest wrote no report", file=sys.stderr)
+                print(f"theorems.reference: pytest wrote no report (no check ran? PYTEST_ARGS {args.pytest_args} may "
+                      f"leave none of the {len(missing)} missing checks; see the log above)", file=sys.stderr)
                 return 2
             if args.export:
                 shutil.copytree(part, Path(args.export) / part.name, dirs_exist_ok=True)
             print(f"theorems.reference: part stored in {part}")
-    doc = write_merged(directory, checks)
+    try:
+        doc = write_merged(directory, checks)
+    except ValueError as exc:  # parts that are not one run (merge_reports says which)
+        print(f"theorems.reference: cannot merge {directory}/parts: {exc}", file=sys.stderr)
+        return 2
     if doc is None:
         print(f"theorems.reference: no part in {directory}/parts yet")
         return 1
