@@ -390,10 +390,14 @@ FINITE_DEPTH_SVD_TOL = 1e-6
 #: 1e-8): a network with log(s_1/s_k) above the floor log(1e-8/eps) = 17.6 of :func:`resolvable` goes to the product
 #: SVD instead.
 FINITE_DEPTH_SV_ERROR = 1e-8
-#: Largest number of matrix entries of the factors kept at once for the product SVD's sweeps (2^27 float64 = 1 GiB;
-#: batched QR of thin blocks costs per call, so larger chunks are faster: 0.72 s against 1.17 s per 32 networks at
-#: n = 64, L = 256, k = 4 with 128 networks per chunk instead of 32).
-STORED_FACTOR_ENTRIES = 2**27
+#: Largest number of matrix entries of the factors kept at once for the product SVD's sweeps, per device type (CPU:
+#: 2^27 float64 = 1 GiB; batched QR of thin blocks costs per call, so larger chunks are faster: 0.72 s against 1.17 s
+#: per 32 networks at n = 64, L = 256, k = 4 with 128 networks per chunk instead of 32).  On CUDA each sweep step is a
+#: few kernel launches whatever the batch, so the chunks are 8x larger (8 GiB: 16 networks of n = 256, L = 1024
+#: instead of 2, whose 20,000 steps of ~0.3 ms per chunk would take about 13 min over 128 chunks; an estimate, not
+#: yet measured on a GPU).  A fixed number per device type, never the free memory: the chunks decide which draws
+#: of the generator go to which network, so the numbers depend on the device type only.
+STORED_FACTOR_ENTRIES = {"cpu": 2**27, "cuda": 2**30}
 
 
 def finite_depth_offsets(ens: Ensemble, k: int, frames: int, gen, device="cpu") -> dict[str, np.ndarray]:
@@ -412,7 +416,7 @@ def finite_depth_offsets(ens: Ensemble, k: int, frames: int, gen, device="cpu") 
     ``log s_j`` and ``V_k``: from the SVD of the explicit product where s_k is above its precision floor at relative
     error :data:`FINITE_DEPTH_SV_ERROR`, else from :func:`theorems.spectral.product_svd` (relative accuracy at every
     j: the top 64 of Haas Fig. 3 span e^-100 and more), started at the network's first Haar frame.  The factors are
-    kept for its sweeps: chunks of at most :data:`STORED_FACTOR_ENTRIES` entries.
+    kept for its sweeps: chunks of at most :data:`STORED_FACTOR_ENTRIES` entries (by device type).
 
     Returns ``offset`` (B, k), ``delta`` (B, k) (frame means), ``log_sv`` (B, k), ``error`` (B,) (the product SVD's
     estimated error; 0 where the explicit product served) and ``product_svd`` (B,) (where it was used).
@@ -420,7 +424,8 @@ def finite_depth_offsets(ens: Ensemble, k: int, frames: int, gen, device="cpu") 
     k = check_int("k", k, maximum=ens.width)
     frames = check_int("frames", frames)
     parts = {"offset": [], "delta": [], "log_sv": [], "error": [], "product_svd": []}
-    size = max(1, STORED_FACTOR_ENTRIES // (ens.width * ens.width * ens.depth))
+    stored = STORED_FACTOR_ENTRIES["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    size = max(1, stored // (ens.width * ens.width * ens.depth))
     for begin in range(0, ens.batch, size):
         part = ens.with_(batch=min(size, ens.batch - begin))
         b, n = part.batch, part.width
