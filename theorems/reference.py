@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             part = run_part(directory, missing, profile=args.profile, device=args.device, time_limit=args.time_limit,
                             pytest_args=args.pytest_args, root=args.root)
             if part is None:
-                print(f"theorems.reference: pytest wrote no report (no check ran? PYTEST_ARGS {args.pytest_args} may "
-                      f"leave none of the {len(missing)} missing checks; see the log above)", file=sys.stderr)
+                print(f"theorems.reference: no check finished, so pytest wrote no report (within --time-limit "
+                      f"{args.time_limit:g} s, or PYTEST_ARGS {args.pytest_args} left none of the {len(missing)} missing "
+                      "checks; see the log above)", file=sys.stderr)
                 return 2
             if args.export:
                 shutil.copytree(part, Path(args.export) / part.name, dirs_exist_ok=True)
