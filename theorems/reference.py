@@ -63,7 +63,8 @@ def missing_checks(registered: dict, docs: list[dict]) -> list[str]:
     return [n for n in registered if n not in done]
 
 
-def registered(profile: str, root: Path) -> dict:
+def suite_checks(profile: str, root: Path) -> dict:
+    """node id -> [[claim, statement], ...] of the project's claim checks at ``profile`` (one collection pass)."""
     found = collect_registered_checks(root, profile, xdist=_has_xdist())
     if found is None:
         raise SystemExit(f"theorems.reference: pytest --collect-only --theorems-profile={profile} failed in {root}: run it "
@@ -161,7 +162,7 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     directory = args.directory
-    checks = registered(args.profile, args.root)
+    checks = suite_checks(args.profile, args.root)
     docs = part_reports(directory)
     missing = missing_checks(checks, docs)
     if args.action == "status":
