@@ -8,7 +8,8 @@ commands stop after 10 minutes and whose lease lasts 15).
 
 ``DIR`` (e.g. ``reports/reference/full-h100``) holds one folder per part, ``DIR/parts/<run>/`` with the part's
 ``verdicts.json``, ``summary.md`` and ``pytest.log``, and the merged ``DIR/verdicts.json`` and ``DIR/summary.md``
-(:func:`theorems.reporting.merge_reports`).
+(:func:`theorems.reporting.merge_reports`), with ``DIR/baseline.json`` for ``--compare-baseline`` (a later run, whole
+or a selection, is compared on the statistics it shares with the reference).
 
 * ``status``: the suite's checks at the profile (one ``--collect-only`` pass), which parts ran which, and the ones no
   part has finished yet (exit status 1 while any is missing).
@@ -38,7 +39,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .reporting import collect_registered_checks, merge_reports, render_summary, write_atomically
+from .reporting import collect_registered_checks, make_baseline, merge_reports, render_summary, write_atomically
 
 __all__ = ["main", "part_reports", "missing_checks", "run_part", "write_merged"]
 
@@ -86,6 +87,7 @@ def write_merged(directory: Path, registered_checks: dict) -> dict | None:
     doc = merge_reports(docs, registered_checks)
     write_atomically(Path(directory) / "verdicts.json", json.dumps(doc, indent=1))
     write_atomically(Path(directory) / "summary.md", render_summary(doc))
+    write_atomically(Path(directory) / "baseline.json", json.dumps(make_baseline(doc), indent=1))
     return doc
 
 

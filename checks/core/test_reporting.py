@@ -263,6 +263,8 @@ def test_reference_run_resumes_where_the_last_part_stopped(tmp_path):
     assert sorted(t["nodeid"] for t in doc["tests"]) == sorted(SELECTION) and len(doc["parts"]) == 2
     assert doc["missing"] and first not in doc["missing"] and doc["claims"]["lyapunov"]["verdict"] == "partial"
     assert doc["parts"][0]["commit"]  # a git checkout: the commit the part ran
+    baseline = json.loads((ref / "baseline.json").read_text())  # for --compare-baseline against the reference
+    assert {k.split("|")[0] for k in baseline["statistics"]} == set(SELECTION)
     status = reference("status")
     assert status.returncode == 1 and f"{2} of {doc['checks_registered']} checks finished" in status.stdout
 
