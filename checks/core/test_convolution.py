@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from checks.core.autograd_reference import autograd_gradient_descent
 from theorems.convolution import circular_conv, circular_conv_matrix, cnn_factors, cnn_forward, sample_conv_kernels
 from theorems.seeding import generator
 from theorems.spectral import jacobian_product
@@ -88,18 +89,11 @@ def test_cnn_gradient_descent_is_autograds():
     x, z = (torch.randn(batch, samples, c, h, w, generator=gen, dtype=torch.float64) for _ in range(2))
     lr = torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64)
     run = train_cnn(kernels, x, z, lr, steps, record_every=1, record_norms=False)
-    ks = [k.clone().requires_grad_(True) for k in kernels]
-    for t in range(steps + 1):
-        loss = cnn_losses(ks, x, z)
-        np.testing.assert_allclose(run.loss[t], loss.detach().numpy(), rtol=1e-12)
-        if t < steps:
-            grads = torch.autograd.grad(loss.sum(), ks)
-            with torch.no_grad():
-                for k, g in zip(ks, grads):
-                    k -= lr.reshape(-1, 1, 1, 1, 1) * g
+    losses, ks = autograd_gradient_descent(kernels, lambda ks: cnn_losses(ks, x, z), lr, steps)
+    np.testing.assert_allclose(run.loss, losses.numpy(), rtol=1e-12)
     assert (run.loss[-1] < 0.9 * run.loss[0]).all()  # each network trains
     for k, k_ref in zip(run.weights, ks):
-        torch.testing.assert_close(k, k_ref.detach(), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(k, k_ref, rtol=1e-12, atol=1e-14)
 
 
 def test_a_diverging_cnn_is_flagged_frozen_and_leaves_the_others_alone():
