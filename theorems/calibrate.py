@@ -64,7 +64,7 @@ from scipy import stats
 from .budget import PER_ASSERTION_RATE, SUITE_FALSE_FAIL_RATE
 from .reporting import record_number, source_commit
 
-__all__ = ["main", "run_seed", "summarize", "parse_args", "FLAG_LEVEL"]
+__all__ = ["main", "run_seed", "summarize", "pool", "parse_args", "FLAG_LEVEL"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A check is flagged when its failure count has a binomial p-value below this under its share of the budget.
