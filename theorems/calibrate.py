@@ -78,12 +78,16 @@ class CalibrationError(Exception):
     """A usage error, reported as one line before any seed runs."""
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def split_pytest_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A command's own arguments and, after ``--``, pytest's (this command and :mod:`theorems.reference`)."""
     if "--" in argv:
         i = argv.index("--")
-        own, pytest_args = argv[:i], argv[i + 1:]
-    else:
-        own, pytest_args = argv, []
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    own, pytest_args = split_pytest_args(argv)
     p = argparse.ArgumentParser(prog="python -m theorems.calibrate", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=None, help="number of master seeds (>= 1)")
     p.add_argument("--pool", nargs="+", default=None, metavar="FILE",
@@ -250,14 +254,11 @@ def summarize(runs: list[dict], *, complete: bool = True, meta: dict | None = No
         p = float(stats.binom.sf(count - 1, n, share))
         if p < FLAG_LEVEL:
             flagged.append({"nodeid": nid, "failures": count, "share": share, "pvalue": p})
-    tightest, weakest = {}, {}
-    for r in runs:
-        for nid, (h, stat) in r.get("headroom", {}).items():
-            if nid not in tightest or h < tightest[nid]["headroom"]:
-                tightest[nid] = {"headroom": h, "statistic": stat, "seed": r["seed"]}
-        for nid, (m, stat) in r.get("control_miss", {}).items():
-            if nid not in weakest or m > weakest[nid]["miss_probability"]:
-                weakest[nid] = {"miss_probability": m, "statistic": stat, "seed": r["seed"]}
+    tightest, weakest = closest_calls(
+        ((nid, {"headroom": h, "statistic": stat, "seed": r["seed"]}) for r in runs
+         for nid, (h, stat) in r.get("headroom", {}).items()),
+        ((nid, {"miss_probability": m, "statistic": stat, "seed": r["seed"]}) for r in runs
+         for nid, (m, stat) in r.get("control_miss", {}).items()))
     k = len(failed_runs)
     ci = stats.binomtest(k, n, SUITE_FALSE_FAIL_RATE).proportion_ci(0.95, method="exact") if n else None
     return {
@@ -274,10 +275,25 @@ def summarize(runs: list[dict], *, complete: bool = True, meta: dict | None = No
         "budget_pvalue": float(stats.binom.sf(k - 1, n, SUITE_FALSE_FAIL_RATE)) if n else None,
         "flagged": flagged,
         "mean_duration_s": round(sum(r["duration_s"] for r in runs) / n, 1) if n else None,
-        "tightest_checks": dict(sorted(tightest.items(), key=lambda kv: kv[1]["headroom"])),
-        "weakest_controls": dict(sorted(weakest.items(), key=lambda kv: -kv[1]["miss_probability"])),
+        "tightest_checks": tightest,
+        "weakest_controls": weakest,
         "estimate_spread": estimate_spread(runs),
     }
+
+
+def closest_calls(tight, weak) -> tuple[dict, dict]:
+    """Per node id the closest call among candidate ``(node id, entry)`` pairs: the entry with the smallest
+    ``headroom`` of ``tight`` and the one with the largest ``miss_probability`` of ``weak`` (the first on a tie),
+    each table sorted closest first (a calibration's ``tightest_checks`` and ``weakest_controls``)."""
+    tightest, weakest = {}, {}
+    for nid, v in tight:
+        if nid not in tightest or v["headroom"] < tightest[nid]["headroom"]:
+            tightest[nid] = v
+    for nid, v in weak:
+        if nid not in weakest or v["miss_probability"] > weakest[nid]["miss_probability"]:
+            weakest[nid] = v
+    return (dict(sorted(tightest.items(), key=lambda kv: kv[1]["headroom"])),
+            dict(sorted(weakest.items(), key=lambda kv: -kv[1]["miss_probability"])))
 
 
 def pooled_spread(parts: list[dict]) -> dict:
@@ -324,16 +340,10 @@ def pool(docs: list[dict], sources: list[str]) -> dict:
                              "last_seed": max(d["seeds"]), "where": d.get("where"), "commit": d.get("commit"),
                              "complete": d.get("complete", True)} for src, d in zip(sources, docs)]}
     doc = summarize(runs, complete=all(d.get("complete", True) for d in docs), meta=meta)
-    tightest, weakest = {}, {}
-    for d in docs:
-        for nid, v in d.get("tightest_checks", {}).items():
-            if nid not in tightest or v["headroom"] < tightest[nid]["headroom"]:
-                tightest[nid] = v
-        for nid, v in d.get("weakest_controls", {}).items():
-            if nid not in weakest or v["miss_probability"] > weakest[nid]["miss_probability"]:
-                weakest[nid] = v
-    doc["tightest_checks"] = dict(sorted(tightest.items(), key=lambda kv: kv[1]["headroom"]))
-    doc["weakest_controls"] = dict(sorted(weakest.items(), key=lambda kv: -kv[1]["miss_probability"]))
+    # a stored run keeps no per-check margins or estimates: combine the files' own tables instead
+    doc["tightest_checks"], doc["weakest_controls"] = closest_calls(
+        (item for d in docs for item in d.get("tightest_checks", {}).items()),
+        (item for d in docs for item in d.get("weakest_controls", {}).items()))
     doc["estimate_spread"] = pooled_spread([d.get("estimate_spread", {}) for d in docs])
     return doc
 

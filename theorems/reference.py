@@ -39,6 +39,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .calibrate import split_pytest_args
 from .reporting import collect_registered_checks, make_baseline, merge_reports, render_summary, write_atomically
 
 __all__ = ["main", "part_reports", "missing_checks", "run_part", "write_merged"]
@@ -145,7 +146,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=480.0, help="seconds before the part is interrupted (default 480)")
     p.add_argument("--export", type=Path, help="also copy the new part here (a device machine's $OUT)")
     p.add_argument("--root", type=Path, default=Path.cwd(), help=argparse.SUPPRESS)
-    ours, rest = _split(argv)
+    ours, rest = split_pytest_args(argv)
     args = p.parse_args(ours)
     if not args.time_limit > 0:
         p.error(f"--time-limit must be > 0 seconds; got {args.time_limit:g}")
@@ -153,20 +154,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _split(argv: list[str]) -> tuple[list[str], list[str]]:
-    """This command's arguments and, after ``--``, pytest's."""
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     directory = args.directory
     checks = suite_checks(args.profile, args.root)
-    docs = part_reports(directory)
-    missing = missing_checks(checks, docs)
+    if args.action in ("status", "run"):
+        docs = part_reports(directory)
+        missing = missing_checks(checks, docs)
     if args.action == "status":
         for d in docs:
             ran = sum(t["outcome"] != "incomplete" for t in d["tests"])
