@@ -188,7 +188,8 @@ class FiniteDepthCase(NamedTuple):
 #: 1e-12: k = 4 at n = 64, 24 at n = 128, 64 at n = 256).  The full profile reaches the paper's top 64 at n = 64,
 #: p = 1 (Haas Fig. 3; run on the CPU in session 21, 32 min) and at n = 256, p = 1/2 (L = 1024 for L (gamma_j -
 #: gamma_j+1) >= 4.06; GPU work: on the CPU the code path ran with 2 networks per half in 95 s, b_1 = 3.45 against
-#: 3.41, so 128 per half would take about an hour and a half of one core).
+#: 3.41, so 128 per half would take 1.5-2.6 hours of this 2-core CPU: 24 s per network alone on one core in
+#: session 21, about 36 s per network with 2 threads while a calibration ran in session 22; not timed uncontended).
 #: The quick n = 16 case has 256 networks per half (22 s with 16 frames on one thread; standard errors 0.024): with
 #: 128 (0.034, and deficit bounds of up to 0.091) the neighbouring-constant control (b_3 for b_2, 0.34 apart) had an
 #: estimated miss of 0.09 at the default seed.
