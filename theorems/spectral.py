@@ -36,6 +36,10 @@ __all__ = [
     "ProductSVD",
     "product_svd",
     "cholesky_qr2",
+    "thin_qr",
+    "near_tie_blocks",
+    "ritz_rotation",
+    "RITZ_GAP",
     "qr_log_diagonal",
     "annihilated",
     "QR_RANK_TOL",
@@ -272,15 +276,24 @@ def cholesky_qr2(x: torch.Tensor, *, max_defect: float = CHOLESKY_QR_MAX_DEFECT)
     return torch.linalg.qr(x)
 
 
-def qr_log_diagonal(z: torch.Tensor, qr: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of a QR flow: the thin ``Q R = z`` of a batch of blocks and ``log|diag R|`` (the log growth of the
-    nested volumes).  ``qr``: one of :data:`QR_METHODS` (``auto``: :func:`cholesky_qr2` on CUDA, Householder on the
-    CPU, where batched Householder is fast and the suite's CPU numbers were made)."""
+def thin_qr(z: torch.Tensor, qr: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """The thin ``Q R = z`` of a batch of blocks.  ``qr``: one of :data:`QR_METHODS` (``auto``: :func:`cholesky_qr2`
+    on CUDA, Householder on the CPU, where batched Householder is fast and the suite's CPU numbers were made)."""
     if qr not in QR_METHODS:
         raise ValueError(f"qr must be one of {QR_METHODS}; got {qr!r}")
     method = ("cholesky2" if z.is_cuda else "householder") if qr == "auto" else qr
-    q, r = cholesky_qr2(z) if method == "cholesky2" else torch.linalg.qr(z)
-    return q, torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))
+    return cholesky_qr2(z) if method == "cholesky2" else torch.linalg.qr(z)
+
+
+def log_abs_diagonal(r: torch.Tensor) -> torch.Tensor:
+    """``log|diag R|`` of a batch of triangular factors: one QR step's log growth of the nested volumes."""
+    return torch.log(torch.abs(torch.diagonal(r, dim1=-2, dim2=-1)))
+
+
+def qr_log_diagonal(z: torch.Tensor, qr: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of a QR flow: the thin ``Q R = z`` of a batch of blocks (:func:`thin_qr`) and ``log|diag R|``."""
+    q, r = thin_qr(z, qr)
+    return q, log_abs_diagonal(r)
 
 
 #: A layer whose QR leaves ``|R_jj|`` below this fraction of its largest ``|R_ii|`` annihilates the j-th direction of
@@ -391,9 +404,106 @@ def _geometric_error(now: torch.Tensor, before: torch.Tensor, tol: float) -> tor
     return torch.where(now <= tol / 10, now, geometric)
 
 
+#: Consecutive log singular values closer than this are a near tie for :func:`product_svd`: subspace iteration tells
+#: s_j from s_j+1 apart only at the rate (s_j+1/s_j)^2 per sweep (a gap of 0.1 needs ~70 sweeps for 1e-6), so each run
+#: of near ties is resolved by a Ritz rotation of its frame vectors instead (:func:`ritz_rotation`), and the sweeps
+#: converge at the rate of the other gaps, e^-2·RITZ_GAP per sweep or faster.
+RITZ_GAP = 3.0
+#: The largest spread ``log s_first - log s_last`` of one Ritz block: its condition number is below e^RITZ_SPREAD
+#: (≈ 1.6e5), so the rotation it gives is accurate to ~1e-11 / gap.  A longer run is cut into blocks.
+RITZ_SPREAD = 12.0
+#: The most values in one Ritz block (the width of R's band kept per layer).
+RITZ_WIDTH = 8
+
+
+def upper_band(r: torch.Tensor, width: int) -> torch.Tensor:
+    """The first ``width`` diagonals of a batch of upper-triangular ``r`` (..., k, k): ``band[..., i, d] = r[..., i,
+    i + d]`` (0 past the last column)."""
+    k = r.shape[-1]
+    cols = torch.arange(k, device=r.device)[:, None] + torch.arange(width, device=r.device)
+    band = torch.gather(r, -1, cols.clamp(max=k - 1).expand(*r.shape[:-2], k, width))
+    return torch.where(cols < k, band, torch.zeros((), dtype=r.dtype, device=r.device))
+
+
+def _cut(values: list[float], spread: float, width: int) -> list[tuple[int, int]]:
+    """Consecutive blocks (first, size) of ``values`` (a run of near ties, in order), each of spread at most
+    ``spread`` and at most ``width`` values, greedily from the first."""
+    blocks, first = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or i - first == width or abs(values[first] - values[i]) > spread:
+            blocks.append((first, i - first))
+            first = i
+    return blocks
+
+
+def near_tie_blocks(log_sv: torch.Tensor, sweep: int, gap: float = RITZ_GAP, spread: float = RITZ_SPREAD,
+                    width: int = RITZ_WIDTH) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The runs of near ties in a batch of log singular value estimates (B, k): consecutive finite values with
+    ``log s_j - log s_j+1 < gap`` (an unsorted pair too), cut into blocks of at most ``width`` values and spread at
+    most ``spread`` (greedily from the run's top on odd sweeps and from its bottom on even ones, so that a cut does not
+    stay in one place).  Returns size -> (network indices, first indices) of the blocks of two values or more."""
+    finite = torch.isfinite(log_sv)
+    near = finite[:, :-1] & finite[:, 1:] & (log_sv[:, :-1] - log_sv[:, 1:] < gap)
+    edges = torch.diff(torch.nn.functional.pad(near.to(torch.int8), (1, 1)), dim=-1).cpu()
+    nets, begins = torch.nonzero(edges == 1, as_tuple=True)  # a run of near pairs j .. e-1 joins the values j .. e
+    ends = torch.nonzero(edges == -1, as_tuple=True)[1]  # in the same (row-major) order as the beginnings
+    values = log_sv.cpu()
+    blocks: dict[int, list[tuple[int, int]]] = {}
+    for net, begin, end in zip(nets.tolist(), begins.tolist(), ends.tolist()):
+        run = values[net, begin:end + 1].tolist()
+        if sweep % 2:
+            cuts = [(begin + first, size) for first, size in _cut(run, spread, width)]
+        else:
+            cuts = [(end + 1 - first - size, size) for first, size in _cut(run[::-1], spread, width)]
+        for first, size in cuts:
+            if size >= 2:
+                blocks.setdefault(size, []).append((net, first))
+    return {size: tuple(torch.tensor(column, device=log_sv.device) for column in zip(*pairs))
+            for size, pairs in blocks.items()}
+
+
+def _ordered_product(blocks: torch.Tensor) -> torch.Tensor:
+    """``B_L ... B_1`` for blocks (L, C, m, m) (the first layer first), by pairwise products renormalised to a largest
+    entry of 1 (only the product's singular vectors are wanted); a product that vanished or overflowed is the
+    identity (no rotation)."""
+    eye = torch.eye(blocks.shape[-1], dtype=blocks.dtype, device=blocks.device)
+    p = blocks
+    while p.shape[0] > 1:
+        if p.shape[0] % 2:
+            p = torch.cat([p, eye.expand(1, *p.shape[1:])])
+        p = p[1::2] @ p[0::2]
+        p = p / p.abs().amax(dim=(-2, -1), keepdim=True)
+    p = p[0]
+    bad = ~torch.isfinite(p).all(dim=-1).all(dim=-1)
+    return torch.where(bad[:, None, None], eye, p)
+
+
+def ritz_rotation(bands: Sequence[torch.Tensor], blocks: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                  k: int) -> torch.Tensor:
+    """The rotation (B, k, k) that a forward sweep's end frame Q_L takes in :func:`product_svd`: within each block I
+    of near ties (:func:`near_tie_blocks`) the left singular vectors of ``T_II = R_L,II ... R_1,II``, the diagonal
+    block of the triangular ``T`` with ``J Q_0 = Q_L T`` (for upper-triangular factors the diagonal block of the
+    product is the product of the diagonal blocks), the identity elsewhere.  Once the spans at the block's edges have
+    converged (at the rate of the gaps there), ``Q_L,I`` spans ``U_I`` and ``Q_L,I`` times these vectors is ``U_I``
+    itself: one step does what subspace iteration needs ~1/gap sweeps for, and a rotation within the block leaves
+    every nested span at its edges unchanged.  ``bands``: per layer :func:`upper_band` of R_l, (B, k, w), w at least
+    the largest block."""
+    stacked = torch.stack(list(bands))  # (L, B, k, w)
+    batch = stacked.shape[1]
+    rotation = torch.eye(k, dtype=stacked.dtype, device=stacked.device).expand(batch, k, k).clone()
+    for size, (nets, firsts) in blocks.items():
+        a = torch.arange(size, device=stacked.device)
+        rows = firsts[:, None, None] + a[:, None]  # (C, m, 1)
+        offset = a[None, :] - a[:, None]  # (m, m): column - row
+        block = stacked[:, nets[:, None, None], rows, offset.clamp(min=0)]  # (L, C, m, m)
+        block = torch.where(offset >= 0, block, torch.zeros((), dtype=block.dtype, device=block.device))
+        rotation[nets[:, None, None], rows, rows.mT] = torch.linalg.svd(_ordered_product(block))[0]
+    return rotation
+
+
 def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | None = None, *,
                 frame: torch.Tensor | None = None, tol: float = 1e-10, max_sweeps: int = 200,
-                qr: str = "auto") -> ProductSVD:
+                qr: str = "auto", ritz: bool = True) -> ProductSVD:
     """Top-k singular values and vectors of ``J = F_L ... F_1`` to relative accuracy, far below the floor of the
     explicit product (:func:`resolvable`): subspace iteration on ``J^T J`` in product form (the periodic QR of
     Golub, Sølna and Van Dooren 2000; Benettin's QR flow run forwards and backwards).
@@ -406,8 +516,11 @@ def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | 
     and ``log|T_jj| -> log s_j`` with error of order ``(s_{j+1}/s_j)^(4m)`` after m pairs, so deep (separated)
     products converge in a few sweeps; V_k converges at the square root of that rate, and it must settle too.  Stops
     when the estimated remaining error of values and vectors (``error``: the last change extrapolated geometrically) is
-    at most ``tol``, or after ``max_sweeps`` (``error`` then says how far it is; callers check it).  Each network stops on its own: a
-    near tie s_j ≈ s_j+1 converges slowly (rate (s_j+1/s_j)^4 per pair) and only its network keeps sweeping.
+    at most ``tol``, or after ``max_sweeps`` (``error`` then says how far it is; callers check it).  Each network stops
+    on its own.  A near tie s_j ≈ s_j+1 would converge slowly (the vectors at (s_j+1/s_j)^2 per pair: a gap
+    log(s_j/s_j+1) of 0.1 needs ~70 sweeps for 1e-6); with ``ritz`` (default) each near tie (gap below
+    :data:`RITZ_GAP`, runs of them together) is resolved by a Ritz rotation of Q_L's columns after the forward sweep
+    (:func:`ritz_rotation`), so the sweeps needed are set by the other gaps.  ``ritz=False``: plain subspace iteration.
 
     A layer that annihilates the frame's j-th direction (``|R_jj|`` below :data:`QR_RANK_TOL` of its largest: a
     product of rank below j, e.g. fewer than j open gates) gives ``log s_j = ... = log s_k = -inf``; an all-zero
@@ -439,11 +552,18 @@ def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | 
     sweep = 0
     for sweep in range(1, max_sweeps + 1):
         q, total, lost = right[subset], torch.zeros(len(subset), k, dtype=w.dtype, device=w.device), None
+        bands = []
         for factor in factors:
-            q, inc = qr_log_diagonal(apply_factor(factor, q), qr)
+            q, r = thin_qr(apply_factor(factor, q), qr)
+            inc = log_abs_diagonal(r)
             total = total + inc
             lost = annihilated(inc) if lost is None else lost | annihilated(inc)
+            if ritz and k > 1:
+                bands.append(upper_band(r, min(RITZ_WIDTH, k)))
         total = torch.where(lost, -math.inf, total)  # a rank below j: s_j, ..., s_k = 0
+        blocks = near_tie_blocks(total, sweep, width=min(RITZ_WIDTH, k)) if bands else {}
+        if blocks:
+            q = q @ ritz_rotation(bands, blocks, k)
         going = ~done[subset]  # a converged network keeps its results (its factors may still be swept)
         rows, total = subset[going], total[going]
         left[rows] = q[going]

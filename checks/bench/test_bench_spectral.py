@@ -12,7 +12,7 @@ import torch
 from bench_timing import best_time as _time, synchronize as _sync
 from theorems.ensembles import Ensemble, Pruning, prune_mask, sample_weights
 from theorems.seeding import generator
-from theorems.spectral import jacobian_product, krylov_log_spectral_norm, log_spectral_norm, lyapunov_qr
+from theorems.spectral import jacobian_product, krylov_log_spectral_norm, log_spectral_norm, lyapunov_qr, product_svd
 
 SIZES = {"cpu": dict(B=8, n=256, L=10, big_n=1024, naive=(8, 128, 20)),
          "cuda": dict(B=32, n=1024, L=10, big_n=1024, naive=(32, 256, 50))}
@@ -74,6 +74,20 @@ def test_bench_cholesky_qr2_vs_householder_lyapunov(benchmark, layers, device, s
     householder = _time(lambda: lyapunov_qr(layers, k, g, qr="householder"), device, 3)
     benchmark(lambda: (lyapunov_qr(layers, k, g, qr="cholesky2"), _sync(device)))
     benchmark.extra_info.update(k=k, householder_s=householder, cholesky2_over_householder=benchmark.stats.stats.min / householder)
+
+
+def test_bench_product_svd_ritz_vs_plain_subspace_iteration(benchmark, device):
+    """The product SVD (top 16 of n = 32, L = 128, 16 Gaussian networks: near ties s_j ≈ s_j+1 are common) to
+    tol = 1e-6 with the Ritz rotations of near ties against plain subspace iteration (``ritz=False``), whose sweeps a
+    near tie sets; both in the same run, with the sweeps each needed."""
+    g = generator(6, device)
+    factors = list(Ensemble(32, 128, sigma2=2.0, gates="none", batch=16).factors(g, device=device, jacobian_only=True))
+    plain_sweeps = product_svd(factors, 16, generator(7, device), tol=1e-6, ritz=False).sweeps
+    plain = _time(lambda: product_svd(factors, 16, generator(7, device), tol=1e-6, ritz=False), device, 2)
+    benchmark(lambda: (product_svd(factors, 16, generator(7, device), tol=1e-6), _sync(device)))
+    ritz_sweeps = product_svd(factors, 16, generator(7, device), tol=1e-6).sweeps
+    benchmark.extra_info.update(plain_s=plain, ritz_over_plain=benchmark.stats.stats.min / plain,
+                                sweeps_ritz=ritz_sweeps, sweeps_plain=plain_sweeps)
 
 
 @pytest.mark.parametrize("kind", ["random", "magnitude"])

@@ -188,8 +188,11 @@ class FiniteDepthCase(NamedTuple):
 #: 1e-12: k = 4 at n = 64, 24 at n = 128, 64 at n = 256).  The full profile reaches the paper's top 64 at n = 64,
 #: p = 1 (Haas Fig. 3; run on the CPU in session 21, 32 min) and at n = 256, p = 1/2 (L = 1024 for L (gamma_j -
 #: gamma_j+1) >= 4.06; GPU work: on the CPU the code path ran with 2 networks per half in 95 s, b_1 = 3.45 against
-#: 3.41, so 128 per half would take 1.5-2.6 hours of this 2-core CPU: 24 s per network alone on one core in
-#: session 21, about 36 s per network with 2 threads while a calibration ran in session 22; not timed uncontended).
+#: 3.41, session 21.  Session 24, at another seed, on a VM then running the quick suite at half its usual speed: 74 s
+#: per network alone on one thread (the QR flow of the 16 frames 24 s; the product SVD 50 s, 19 sweeps for the slower
+#: network: a near tie s_j ≈ s_j+1 among the top 64 converges at (s_j+1/s_j)^2 per sweep); with the product SVD's
+#: Ritz rotations of near ties, 4 sweeps, 22 s per network while a calibration ran on both cores: ~35 s per network
+#: alone on that VM, so 128 per half would take 1.3-2.5 hours of this CPU).
 #: The quick n = 16 case has 256 networks per half (22 s with 16 frames on one thread; standard errors 0.024): with
 #: 128 (0.034, and deficit bounds of up to 0.091) the neighbouring-constant control (b_3 for b_2, 0.34 apart) had an
 #: estimated miss of 0.09 at the default seed.
