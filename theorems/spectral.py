@@ -40,6 +40,7 @@ __all__ = [
     "near_tie_blocks",
     "ritz_rotation",
     "RITZ_GAP",
+    "GUARD_VECTORS",
     "qr_log_diagonal",
     "annihilated",
     "QR_RANK_TOL",
@@ -501,6 +502,27 @@ def ritz_rotation(bands: Sequence[torch.Tensor], blocks: dict[int, tuple[torch.T
     return rotation
 
 
+#: Guard vectors :func:`product_svd` carries below the top k (at least this many, k/8 for large k): the top k then
+#: converge at the rate of s_k+g+1/s_k instead of s_k+1/s_k, which a near tie at the edge would make slow, and a near
+#: tie across the edge is a Ritz block like any other.
+GUARD_VECTORS = 4
+#: The seed of the guard vectors that complete a caller's start frame (fixed: the result depends on the frame only).
+GUARD_SEED = 20261206
+
+
+def _with_guard_vectors(frame: torch.Tensor, width: int) -> torch.Tensor:
+    """A start frame (B, n, k) completed to ``width`` orthonormal columns: Haar vectors from a fixed seed, made
+    orthogonal to the frame (twice, for rounding) and to each other."""
+    batch, n, k = frame.shape
+    if width == k:
+        return frame
+    g = torch.Generator(device=frame.device).manual_seed(GUARD_SEED)
+    extra = haar_frame(batch, n, width - k, g, device=frame.device, dtype=frame.dtype)
+    for _ in range(2):
+        extra = extra - frame @ (frame.mT @ extra)
+    return torch.cat([frame, torch.linalg.qr(extra)[0]], dim=-1)
+
+
 def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | None = None, *,
                 frame: torch.Tensor | None = None, tol: float = 1e-10, max_sweeps: int = 200,
                 qr: str = "auto", ritz: bool = True) -> ProductSVD:
@@ -521,13 +543,16 @@ def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | 
     log(s_j/s_j+1) of 0.1 needs ~70 sweeps for 1e-6); with ``ritz`` (default) each near tie (gap below
     :data:`RITZ_GAP`, runs of them together) is resolved by a Ritz rotation of Q_L's columns after the forward sweep
     (:func:`ritz_rotation`), so the sweeps needed are set by the other gaps.  ``ritz=False``: plain subspace iteration.
+    The frame carries :data:`GUARD_VECTORS` (or k/8) columns below the top k, so that the edge s_k+1 ≈ s_k is no
+    slower than any other near tie; values, vectors and ``error`` are those of the top k.
 
     A layer that annihilates the frame's j-th direction (``|R_jj|`` below :data:`QR_RANK_TOL` of its largest: a
     product of rank below j, e.g. fewer than j open gates) gives ``log s_j = ... = log s_k = -inf``; an all-zero
     layer makes every value -inf (a collapse).  Convergence is judged on the finite values.
 
-    ``factors``: a sequence (it is traversed twice per sweep); ``frame``: the start Q_0 (default: Haar from
-    ``generator``).  Lyapunov claims: the finite-depth constants beyond the explicit product's reach (Haas Fig. 3)."""
+    ``factors``: a sequence (it is traversed twice per sweep); ``frame``: the start Q_0 (B, n, k) (completed with
+    guard vectors from a fixed seed; default: a Haar frame with them from ``generator``).  Lyapunov claims: the
+    finite-depth constants beyond the explicit product's reach (Haas Fig. 3)."""
     factors = list(factors)
     if not factors:
         raise ValueError("factors must contain at least one layer (depth >= 1)")
@@ -538,44 +563,51 @@ def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | 
         raise ValueError(f"tol must be > 0; got {tol}")
     if qr not in QR_METHODS:
         raise ValueError(f"qr must be one of {QR_METHODS}; got {qr!r}")
+    n = w.shape[-1]
+    width = min(n, k + max(GUARD_VECTORS, k // 8))  # the top k and guard vectors below them
     if frame is None:
         if generator is None:
             raise ValueError("product_svd needs a start frame or a generator to draw a Haar one")
-        frame = haar_frame(w.shape[0], w.shape[-1], k, generator, device=w.device, dtype=w.dtype)
+        frame = haar_frame(w.shape[0], n, width, generator, device=w.device, dtype=w.dtype)
+    elif frame.shape[1:] != (n, k):
+        raise ValueError(f"frame must have shape (batch, {n}, {k}); got {tuple(frame.shape)}")
+    else:
+        frame = _with_guard_vectors(frame, width)
     batch = frame.shape[0]
     right, left = frame.clone(), torch.empty_like(frame)
-    log_sv = torch.zeros(batch, k, dtype=w.dtype, device=w.device)
+    log_sv = torch.zeros(batch, width, dtype=w.dtype, device=w.device)
     change = torch.full((batch,), math.inf, dtype=w.dtype, device=w.device)
     error = change.clone()
     done = torch.zeros(batch, dtype=torch.bool, device=w.device)
     subset = torch.arange(batch, device=w.device)  # the networks whose factors are swept (a superset of the unconverged)
     sweep = 0
     for sweep in range(1, max_sweeps + 1):
-        q, total, lost = right[subset], torch.zeros(len(subset), k, dtype=w.dtype, device=w.device), None
+        q, total, lost = right[subset], torch.zeros(len(subset), width, dtype=w.dtype, device=w.device), None
         bands = []
         for factor in factors:
             q, r = thin_qr(apply_factor(factor, q), qr)
             inc = log_abs_diagonal(r)
             total = total + inc
             lost = annihilated(inc) if lost is None else lost | annihilated(inc)
-            if ritz and k > 1:
-                bands.append(upper_band(r, min(RITZ_WIDTH, k)))
-        total = torch.where(lost, -math.inf, total)  # a rank below j: s_j, ..., s_k = 0
-        blocks = near_tie_blocks(total, sweep, width=min(RITZ_WIDTH, k)) if bands else {}
+            if ritz and width > 1:
+                bands.append(upper_band(r, min(RITZ_WIDTH, width)))
+        total = torch.where(lost, -math.inf, total)  # a rank below j: s_j, ... = 0
+        blocks = near_tie_blocks(total, sweep, width=min(RITZ_WIDTH, width)) if bands else {}
         if blocks:
-            q = q @ ritz_rotation(bands, blocks, k)
+            q = q @ ritz_rotation(bands, blocks, width)
         going = ~done[subset]  # a converged network keeps its results (its factors may still be swept)
         rows, total = subset[going], total[going]
         left[rows] = q[going]
         previous = change[rows]
-        if sweep > 1:
-            change[rows] = _sweep_change(total, log_sv[rows])
+        if sweep > 1:  # converged: the top k (the guard vectors only speed them up)
+            change[rows] = _sweep_change(total[:, :k], log_sv[rows, :k])
         log_sv[rows] = total
         for factor in reversed(factors):
             q, _ = qr_log_diagonal(apply_factor_transpose(factor, q), qr)
         q = q[going]
         if sweep > 1:  # the frame converges at the square root of the values' rate: it must settle too
-            change[rows] = torch.maximum(change[rows], _frame_change(q, right[rows], torch.isfinite(total)))
+            moved = _frame_change(q[..., :k], right[rows, :, :k], torch.isfinite(total[:, :k]))
+            change[rows] = torch.maximum(change[rows], moved)
             error[rows] = _geometric_error(change[rows], previous, tol)
         right[rows] = q
         done[rows] = error[rows] <= tol
@@ -585,7 +617,7 @@ def product_svd(factors: Sequence[Factor], k: int, generator: torch.Generator | 
             keep = ~done[subset]
             subset = subset[keep]
             factors = [f.select(keep) for f in factors]
-    return ProductSVD(log_sv, right, left, sweep, error)
+    return ProductSVD(log_sv[:, :k], right[..., :k], left[..., :k], sweep, error)
 
 
 def log_norm_of_image(factors: Iterable[Factor], u: torch.Tensor) -> torch.Tensor:
