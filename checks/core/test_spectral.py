@@ -309,23 +309,6 @@ def test_product_svd_matches_the_svd_of_a_moderate_plain_product(gates):
         torch.testing.assert_close(_projector(out.left[apart, :, :j]), _projector(u[apart, :, :j]), rtol=0, atol=1e-6)
 
 
-def test_product_svd_keeps_relative_accuracy_far_below_the_explicit_floor():
-    """F_l = O_l diag(d) O_{l-1}^T with Haar O_l: J = O_L diag(d^L) O_0^T exactly, s_j = d_j^L.  With d_j = e^-(j-1)
-    and L = 60 the singular values span e^-420 (1e-182), where the explicit product keeps only s_1: product_svd's
-    log s_j err by less than 1e-9 (L roundings of eps each) and V_k is O_0's first k columns."""
-    n, L, B, k = 10, 60, 3, 8
-    g = generator(8)
-    frames = [haar_frame(B, n, n, g) for _ in range(L + 1)]
-    d = torch.exp(-torch.arange(n, dtype=torch.float64))
-    factors = [Factor(frames[l + 1] * d @ frames[l].mT, None) for l in range(L)]
-    out = product_svd(factors, k, g)
-    expected = (L * torch.log(d[:k])).expand(B, k)
-    torch.testing.assert_close(out.log_sv, expected, rtol=1e-12, atol=1e-9)
-    torch.testing.assert_close(_projector(out.right), _projector(frames[0][..., :k]), rtol=0, atol=1e-9)
-    explicit = log_singular_values(jacobian_product(factors), k)
-    assert not resolvable(explicit).all(), "the explicit product should lose the small singular values here"
-
-
 def _exact_product(log_d, L, B, g):
     """F_l = O_l diag(e^log_d) O_{l-1}^T with Haar O_l: J = O_L diag(e^(L log_d)) O_0^T, V = O_0 exactly."""
     n = len(log_d)
@@ -334,11 +317,27 @@ def _exact_product(log_d, L, B, g):
     return [Factor(frames[l + 1] * d @ frames[l].mT, None) for l in range(L)], frames[0]
 
 
+def test_product_svd_keeps_relative_accuracy_far_below_the_explicit_floor():
+    """F_l = O_l diag(d) O_{l-1}^T with Haar O_l: J = O_L diag(d^L) O_0^T exactly, s_j = d_j^L.  With d_j = e^-(j-1)
+    and L = 60 the singular values span e^-420 (1e-182), where the explicit product keeps only s_1: product_svd's
+    log s_j err by less than 1e-9 (L roundings of eps each) and V_k is O_0's first k columns."""
+    n, L, B, k = 10, 60, 3, 8
+    g = generator(8)
+    log_d = -torch.arange(n, dtype=torch.float64)
+    factors, start = _exact_product(log_d, L, B, g)
+    out = product_svd(factors, k, g)
+    expected = (L * log_d[:k]).expand(B, k)
+    torch.testing.assert_close(out.log_sv, expected, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(_projector(out.right), _projector(start[..., :k]), rtol=0, atol=1e-9)
+    explicit = log_singular_values(jacobian_product(factors), k)
+    assert not resolvable(explicit).all(), "the explicit product should lose the small singular values here"
+
+
 def test_product_svd_resolves_near_ties_by_ritz_rotations():
     """A pair and a run of three values 0.1 apart in log (and 4 between the groups): plain subspace iteration moves
     the vectors of a near tie at e^-0.2 per sweep (~115 sweeps for 1e-10) and is still far from converged after 20;
-    with the Ritz rotations of near-tie pairs (a cyclic Jacobi over the run of three) it converges in a few sweeps to
-    the exact values L log d_j and the exact nested spans of O_0 (each vector, as the gaps are nonzero)."""
+    with the Ritz rotations of near-tie blocks (the pair, and the run of three as one block) it converges in a few
+    sweeps to the exact values L log d_j and the exact nested spans of O_0 (each vector, as the gaps are nonzero)."""
     L, B, k = 40, 3, 7
     log_d = [0.0, -0.0025, -0.1, -0.1025, -0.105, -0.2, -0.3, -0.4]
     factors, start = _exact_product(log_d, L, B, generator(21))
