@@ -191,8 +191,9 @@ class FiniteDepthCase(NamedTuple):
 #: 3.41, session 21.  Session 24, at another seed, on a VM then running the quick suite at half its usual speed: 74 s
 #: per network alone on one thread (the QR flow of the 16 frames 24 s; the product SVD 50 s, 19 sweeps for the slower
 #: network: a near tie s_j ≈ s_j+1 among the top 64 converges at (s_j+1/s_j)^2 per sweep); with the product SVD's
-#: Ritz rotations of near ties, 4 sweeps, 22 s per network while a calibration ran on both cores: ~35 s per network
-#: alone on that VM, so 128 per half would take 1.3-2.5 hours of this CPU).
+#: Ritz rotations of near ties, 4 sweeps, 22 s per network while a calibration ran on both cores; session 25, alone on
+#: a VM at the same speed: 39 s per network on one thread and 42 s on two (the batched Householder QR, half the
+#: time, runs serially over the batch), so the 256 networks take 2.8 hours in one process: GPU work).
 #: The quick n = 16 case has 256 networks per half (22 s with 16 frames on one thread; standard errors 0.024): with
 #: 128 (0.034, and deficit bounds of up to 0.091) the neighbouring-constant control (b_3 for b_2, 0.34 apart) had an
 #: estimated miss of 0.09 at the default seed.
